@@ -1,0 +1,108 @@
+"""One exception tree for ktasks.
+
+Every error ktasks raises derives from :class:`KtasksError`. Errors that may go
+away on their own (a broker that is briefly unreachable, a coordinator that is
+moving) carry ``retriable = True`` so callers can decide without matching on
+class names, as kafka-python does with its own errors.
+"""
+
+from __future__ import annotations
+
+
+class KtasksError(Exception):
+    """Base class of every ktasks error."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(KtasksError, ValueError):
+    """A setting is unknown, has the wrong type, or an invalid value."""
+
+
+class TaskNotRegistered(KtasksError, LookupError):
+    """A message or a call names a task that is not registered with the app."""
+
+
+class EncodeError(KtasksError, TypeError):
+    """Task arguments cannot be encoded with msgpack.
+
+    Also a :class:`TypeError`, so ``except TypeError`` in user code catches it.
+    """
+
+
+class DecodeError(KtasksError):
+    """A record is not a valid ktasks message (garbage bytes, wrong version, missing fields)."""
+
+
+class MessageTooLarge(KtasksError):
+    """An encoded message is larger than the broker accepts; nothing was sent."""
+
+
+class EnqueueError(KtasksError):
+    """A message could not be published."""
+
+    retriable = True
+
+
+class BrokerUnavailable(EnqueueError):
+    """The Kafka cluster could not be reached within the configured time."""
+
+    retriable = True
+
+
+class TopicError(KtasksError):
+    """A topic could not be created, or exists with fewer partitions than configured."""
+
+
+class DevBrokerError(KtasksError):
+    """The local development broker could not be set up, started or stopped."""
+
+
+class WorkerError(KtasksError):
+    """The worker could not start or lost something it cannot recover from."""
+
+
+class CommitError(KtasksError):
+    """An offset commit failed.
+
+    ``retriable`` tells whether trying again may succeed (coordinator moving,
+    request timed out) or the partitions are no longer ours (rebalance,
+    unknown member, illegal generation).
+    """
+
+    def __init__(self, message: str, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+
+
+class TaskError(KtasksError):
+    """Base for conditions raised inside a running task."""
+
+
+class Retry(TaskError):
+    """Raised by ``raise task.retry(...)`` to ask for another attempt."""
+
+    def __init__(self, countdown_s: float | None = None, exc: BaseException | None = None) -> None:
+        super().__init__(f"retry requested (countdown={countdown_s})")
+        self.countdown_s = countdown_s
+        self.exc = exc
+
+
+class SoftTimeLimitExceeded(TaskError):
+    """Raised inside a task when its ``soft_time_limit`` is reached."""
+
+
+class TimeLimitExceeded(TaskError):
+    """A task ran past its ``time_limit``; its child process was killed."""
+
+
+class WorkerLost(TaskError):
+    """The child process running a task died (signal, ``os._exit``, OOM kill)."""
+
+
+class PoisonMessage(TaskError):
+    """A message started ``max_starts`` times without ever finishing."""
+
+
+class LedgerError(KtasksError):
+    """The execution ledger could not be opened or written."""

@@ -1,0 +1,213 @@
+"""The wire format: a msgpack envelope plus Kafka headers.
+
+A task message carries data only. Its value is a msgpack map::
+
+    {"v": 1, "id": str, "task": str, "args": [...], "kwargs": {...},
+     "attempt": int, "ikey": str | None, "created": float, "due": float | None}
+
+and its headers repeat the task name and id (``ktasks-task``, ``ktasks-id``) so
+tools can route and list messages without decoding them. Nothing here can name
+code to import or run: the worker looks the task name up in its registry and
+runs only registered tasks.
+
+Beside msgpack's own types (None, bool, int, float, str, bytes, list, dict),
+arguments may be :class:`datetime.datetime`, :class:`datetime.date`,
+:class:`decimal.Decimal` and :class:`uuid.UUID`; they come back as the same
+types. Tuples come back as lists, as in JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import DecodeError, EncodeError
+
+__all__ = ["FORMAT_VERSION", "Message", "encode", "decode", "headers_of", "HEADER_TASK", "HEADER_ID"]
+
+FORMAT_VERSION = 1
+HEADER_TASK = "ktasks-task"
+HEADER_ID = "ktasks-id"
+HEADER_VERSION = "ktasks-v"
+
+# msgpack extension type codes for the types beyond msgpack's own.
+_EXT_DATETIME = 1
+_EXT_DATE = 2
+_EXT_DECIMAL = 3
+_EXT_UUID = 4
+_EXT_NAIVE_DATETIME = 5
+
+
+@dataclass
+class Message:
+    """One task invocation as it travels through Kafka."""
+
+    task: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 0
+    idempotency_key: str | None = None
+    created: float = field(default_factory=time.time)
+    due: float | None = None
+
+    @property
+    def ledger_key(self) -> str:
+        """The key the ledger records this execution under."""
+        return self.idempotency_key or self.id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "v": FORMAT_VERSION, "id": self.id, "task": self.task, "args": self.args,
+            "kwargs": self.kwargs, "attempt": self.attempt, "ikey": self.idempotency_key,
+            "created": self.created, "due": self.due,
+        }
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, _dt.datetime):
+        if obj.tzinfo is None:
+            return msgpack.ExtType(_EXT_NAIVE_DATETIME, obj.isoformat().encode())
+        return msgpack.ExtType(_EXT_DATETIME, obj.isoformat().encode())
+    if isinstance(obj, _dt.date):
+        return msgpack.ExtType(_EXT_DATE, obj.isoformat().encode())
+    if isinstance(obj, decimal.Decimal):
+        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode())
+    if isinstance(obj, uuid.UUID):
+        return msgpack.ExtType(_EXT_UUID, obj.bytes)
+    if isinstance(obj, (set, frozenset)):
+        raise TypeError(f"a {type(obj).__name__} is not encodable (pass a list)")
+    raise TypeError(f"object of type {type(obj).__name__} is not encodable")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code in (_EXT_DATETIME, _EXT_NAIVE_DATETIME):
+        return _dt.datetime.fromisoformat(data.decode())
+    if code == _EXT_DATE:
+        return _dt.date.fromisoformat(data.decode())
+    if code == _EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == _EXT_UUID:
+        return uuid.UUID(bytes=data)
+    raise DecodeError(f"unknown msgpack extension type {code}")
+
+
+_packer_kwargs: dict[str, Any] = {"default": _default, "use_bin_type": True, "datetime": False}
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with ktasks' extension types; raises :class:`TypeError` on what it cannot encode."""
+    return bytes(msgpack.packb(obj, **_packer_kwargs))
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+
+
+def encode(message: Message) -> bytes:
+    """Encode a message, naming the first argument that cannot be encoded.
+
+    Raises :class:`~ktasks.errors.EncodeError` (a ``TypeError``) naming the task
+    and the argument, so nothing unencodable ever reaches Kafka.
+    """
+    try:
+        return pack(message.to_dict())
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(_explain(message, exc)) from exc
+
+
+def _explain(message: Message, exc: BaseException) -> str:
+    culprit = "an argument"
+    for i, value in enumerate(message.args):
+        if not _encodable(value):
+            culprit = f"positional argument {i}"
+            break
+    else:
+        for key, value in message.kwargs.items():
+            if not isinstance(key, str):
+                culprit = f"keyword {key!r} (keyword names must be str)"
+                break
+            if not _encodable(value):
+                culprit = f"keyword argument {key!r}"
+                break
+        else:
+            if message.idempotency_key is not None and not isinstance(message.idempotency_key, str):
+                culprit = "idempotency_key"
+    return f"task {message.task!r}: {culprit} cannot be encoded with msgpack: {exc}"
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        pack(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+_REQUIRED: Mapping[str, type | tuple[type, ...]] = {
+    "id": str, "task": str, "args": list, "kwargs": dict, "attempt": int,
+    "created": (int, float),
+}
+
+
+def decode(data: bytes | None) -> Message:
+    """Decode and validate a record value; raises :class:`~ktasks.errors.DecodeError` with the reason."""
+    if data is None:
+        raise DecodeError("record has no value (tombstone)")
+    try:
+        body = unpack(data)
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise DecodeError(f"value is not msgpack: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(body, dict):
+        raise DecodeError(f"value is a msgpack {type(body).__name__}, not a ktasks envelope")
+    version = body.get("v")
+    if version != FORMAT_VERSION:
+        raise DecodeError(f"unsupported format version {version!r} (this worker reads {FORMAT_VERSION})")
+    for name, kind in _REQUIRED.items():
+        if name not in body:
+            raise DecodeError(f"envelope is missing field {name!r}")
+        if not isinstance(body[name], kind) or isinstance(body[name], bool):
+            raise DecodeError(f"envelope field {name!r} has type {type(body[name]).__name__}")
+    if not all(isinstance(k, str) for k in body["kwargs"]):
+        raise DecodeError("envelope kwargs have non-string keys")
+    due = body.get("due")
+    ikey = body.get("ikey")
+    if due is not None and not isinstance(due, (int, float)):
+        raise DecodeError(f"envelope field 'due' has type {type(due).__name__}")
+    if ikey is not None and not isinstance(ikey, str):
+        raise DecodeError(f"envelope field 'ikey' has type {type(ikey).__name__}")
+    return Message(
+        task=body["task"], args=body["args"], kwargs=body["kwargs"], id=body["id"],
+        attempt=body["attempt"], idempotency_key=ikey, created=float(body["created"]),
+        due=None if due is None else float(due),
+    )
+
+
+def headers_of(message: Message, extra: Mapping[str, str | bytes] | None = None) -> list[tuple[str, bytes]]:
+    """Kafka headers for a message: task name and id first, then the caller's."""
+    headers = [
+        (HEADER_TASK, message.task.encode()),
+        (HEADER_ID, message.id.encode()),
+        (HEADER_VERSION, str(FORMAT_VERSION).encode()),
+    ]
+    for key, value in (extra or {}).items():
+        headers.append((key, value.encode() if isinstance(value, str) else bytes(value)))
+    return headers
+
+
+def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
+    """The last value of a header, decoded, or None."""
+    found = None
+    for key, value in headers or ():
+        if key == name and value is not None:
+            found = value.decode("utf-8", "replace")
+    return found

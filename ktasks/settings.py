@@ -1,0 +1,264 @@
+"""The one definition of every ktasks setting.
+
+Settings come from, in order of precedence: keyword arguments to ``App(...)``
+(or command-line flags), then ``KTASKS_<NAME>`` environment variables, then the
+defaults below. Units are part of the names (``_ms``, ``_s``). Unknown keys and
+values of the wrong type are rejected with an error naming the key.
+
+``docs/configuration.md`` is generated from :data:`SETTINGS` by
+``python -m ktasks.docgen``, so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = ["Setting", "SETTINGS", "Settings", "KAFKA_PASSTHROUGH"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, type, default, and what it does."""
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    group: str
+    nullable: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def env_var(self) -> str:
+        return "KTASKS_" + self.name.upper()
+
+    def coerce(self, value: Any, source: str) -> Any:
+        """Check (and, for strings from the environment, convert) one value."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigurationError(f"setting {self.name!r} ({source}) must not be None")
+        if isinstance(value, str) and self.type is not str:
+            value = _parse_str(self, value, source)
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.type is int and isinstance(value, bool):
+            raise ConfigurationError(f"setting {self.name!r} ({source}) must be int, got bool")
+        if not isinstance(value, self.type):
+            raise ConfigurationError(
+                f"setting {self.name!r} ({source}) must be {self.type.__name__}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        if self.choices is not None and value not in self.choices:
+            raise ConfigurationError(
+                f"setting {self.name!r} ({source}) must be one of {', '.join(map(repr, self.choices))}, "
+                f"got {value!r}"
+            )
+        if isinstance(value, (int, float)) and value < 0:
+            raise ConfigurationError(f"setting {self.name!r} ({source}) must not be negative, got {value!r}")
+        return value
+
+
+def _parse_str(setting: Setting, raw: str, source: str) -> Any:
+    if setting.nullable and raw.strip().lower() in ("", "none", "null"):
+        return None
+    try:
+        if setting.type is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if setting.type is int:
+            return int(raw)
+        if setting.type is float:
+            return float(raw)
+        if setting.type in (dict, list):
+            return json.loads(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"setting {setting.name!r} ({source}) must be {setting.type.__name__}, got {raw!r}"
+        ) from exc
+    return raw
+
+
+_S: list[Setting] = []
+
+
+def _add(name: str, type_: type, default: Any, doc: str, group: str, **kw: Any) -> None:
+    _S.append(Setting(name, type_, default, doc, group, **kw))
+
+
+# -- connection ------------------------------------------------------------------
+G = "Connection"
+_add("bootstrap_servers", str, "127.0.0.1:9092", "Comma-separated `host:port` list of Kafka brokers.", G)
+_add("client_id", str, None, "Client id sent to Kafka; defaults to `ktasks-<app>`.", G, nullable=True)
+_add("security_protocol", str, "PLAINTEXT", "Passed to kafka-python.", G,
+     choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+_add("sasl_mechanism", str, None, "SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER`).",
+     G, nullable=True)
+_add("sasl_plain_username", str, None, "SASL username.", G, nullable=True)
+_add("sasl_plain_password", str, None, "SASL password.", G, nullable=True)
+_add("ssl_cafile", str, None, "CA bundle for SSL.", G, nullable=True)
+_add("ssl_certfile", str, None, "Client certificate for SSL.", G, nullable=True)
+_add("ssl_keyfile", str, None, "Client key for SSL.", G, nullable=True)
+_add("ssl_password", str, None, "Password of the SSL key.", G, nullable=True)
+_add("kafka_options", dict, {}, "Further kafka-python settings passed to every client, for example "
+     "`{\"request_timeout_ms\": 20000}`. Keys are checked against kafka-python's own settings.", G)
+
+# -- topics ----------------------------------------------------------------------
+G = "Topics"
+_add("default_topic", str, None, "Topic for tasks that name none; defaults to `<app>.tasks`.", G, nullable=True)
+_add("partitions", int, 6, "Partitions of topics that ktasks creates.", G)
+_add("replication_factor", int, 1, "Replication factor of topics that ktasks creates (use 3 in production).",
+     G)
+_add("auto_create_topics", bool, True, "Create task, retry and dead-letter topics on first use.", G)
+_add("dead_letter_suffix", str, ".DLT", "Suffix of a topic's dead-letter topic.", G)
+_add("retry_suffix", str, ".retry", "Suffix of a topic's retry topics, followed by the delay tier.", G)
+
+# -- enqueueing ------------------------------------------------------------------
+G = "Enqueueing"
+_add("eager", bool, False, "Run tasks inline at call time (for unit tests), with the same encoding checks.", G)
+_add("send_timeout_ms", int, 10000, "Longest a `delay()` may block when the broker is unreachable, and "
+     "the deadline for its acknowledgement.", G)
+_add("linger_ms", int, 5, "Producer batching delay: messages sent within this window share a request.", G)
+_add("max_message_bytes", int, 1048576, "Largest encoded message accepted; larger ones fail before sending.",
+     G)
+_add("compression_type", str, None, "Producer compression (`gzip`, `snappy`, `lz4`, `zstd`).", G,
+     nullable=True, choices=(None, "gzip", "snappy", "lz4", "zstd"))
+
+# -- worker ----------------------------------------------------------------------
+G = "Worker"
+_add("concurrency", int, 0, "Child processes; 0 means the number of CPUs.", G)
+_add("group_id", str, None, "Consumer group; defaults to the app's name.", G, nullable=True)
+_add("group_instance_id", str, None, "Static membership id; a restart within the session timeout keeps "
+     "the same partitions without a rebalance.", G, nullable=True)
+_add("assignor", str, "cooperative-sticky", "Partition assignment strategy.", G,
+     choices=("cooperative-sticky", "range", "roundrobin", "sticky"))
+_add("session_timeout_ms", int, 10000, "A worker silent this long is declared dead and its partitions "
+     "move (Kafka's client default is 45000).", G)
+_add("heartbeat_interval_ms", int, 1000, "Heartbeat period; keep below a third of the session timeout.", G)
+_add("max_poll_interval_ms", int, 300000, "Kafka's limit between polls. The worker polls continuously while "
+     "tasks run, so long tasks never hit it.", G)
+_add("max_poll_records", int, 500, "Records fetched per poll.", G)
+_add("poll_timeout_ms", int, 100, "Longest the worker blocks in one poll when idle.", G)
+_add("commit_interval_ms", int, 200, "Finished offsets are committed in batches at this period.", G)
+_add("prefetch_per_partition", int, 1000, "Records buffered per partition before it is paused.", G)
+_add("max_batch", int, 64, "Most records handed to one child at once when there is a backlog.", G)
+_add("revoke_timeout_ms", int, 20000, "On revoke, longest wait for in-flight tasks of that partition "
+     "before committing what finished and releasing it.", G)
+_add("shutdown_timeout_ms", int, 60000, "Warm shutdown waits this long for in-flight tasks.", G)
+_add("max_tasks_per_child", int, 0, "Replace a child after this many tasks; 0 means never.", G)
+_add("auto_offset_reset", str, "earliest", "Where a new group starts.", G, choices=("earliest", "latest"))
+_add("commit_retry_deadline_ms", int, 30000, "Retriable commit errors are retried with backoff up to this.",
+     G)
+
+# -- ledger ----------------------------------------------------------------------
+G = "Ledger"
+_add("ledger_enabled", bool, True, "Record every execution so a redelivered task never runs twice.", G)
+_add("ledger_path", str, None, "SQLite file of the ledger; defaults to "
+     "`~/.local/state/ktasks/<group>.ledger.sqlite3`.", G, nullable=True)
+_add("ledger_retention_s", int, 7 * 24 * 3600, "Ledger entries older than this are pruned.", G)
+_add("max_starts", int, 3, "A task started this many times without finishing goes to the dead-letter topic.",
+     G)
+
+# -- retries ---------------------------------------------------------------------
+G = "Retries"
+_add("max_retries", int, 3, "Default retries of a failing task before it goes to the dead-letter topic.", G)
+_add("retry_backoff_ms", int, 1000, "Delay before the first retry; doubled each attempt.", G)
+_add("retry_backoff_max_ms", int, 600000, "Longest retry delay.", G)
+_add("retry_jitter", bool, True, "Randomise retry delays (full jitter) to spread load.", G)
+_add("retry_tiers_ms", list, [1000, 10000, 60000, 600000], "Delay tiers: one retry topic each; a retry "
+     "goes to the largest tier not above its delay.", G)
+
+# -- testing ---------------------------------------------------------------------
+G = "Testing"
+_add("faults", str, None, "Fault injection for tests: comma-separated `point[=action]`. Off by default. "
+     "See docs/failure-semantics.md.", G, nullable=True)
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in _S}
+del G
+
+#: Setting names handed to kafka-python unchanged.
+KAFKA_PASSTHROUGH = (
+    "security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password",
+)
+
+
+class Settings:
+    """Resolved settings: attribute access, immutable after creation."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                 **kwargs: Any) -> None:
+        given = dict(values or {})
+        given.update(kwargs)
+        unknown = sorted(set(given) - set(SETTINGS))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting {unknown[0]!r}" + (f" (and {unknown[1:]})" if len(unknown) > 1 else "")
+                + "; see docs/configuration.md for the list"
+            )
+        env = os.environ if environ is None else environ
+        resolved: dict[str, Any] = {}
+        for name, setting in SETTINGS.items():
+            if name in given:
+                resolved[name] = setting.coerce(given[name], "argument")
+            elif setting.env_var in env:
+                resolved[name] = setting.coerce(env[setting.env_var], f"environment {setting.env_var}")
+            else:
+                default = setting.default
+                resolved[name] = default.copy() if isinstance(default, (dict, list)) else default
+        _check_kafka_options(resolved["kafka_options"])
+        object.__setattr__(self, "_values", resolved)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are immutable; use replace()")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated like the originals)."""
+        values = dict(self._values)
+        values.update(changes)
+        return Settings(values, environ={})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def kafka_common(self) -> dict[str, Any]:
+        """Settings every kafka-python client gets: servers, security, then ``kafka_options``."""
+        cfg: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers.split(",")}
+        for name in KAFKA_PASSTHROUGH:
+            value = self._values[name]
+            if value is not None:
+                cfg[name] = value
+        cfg.update(self.kafka_options)
+        return cfg
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if "password" in k and v else v) for k, v in self._values.items()
+                 if v != SETTINGS[k].default}
+        return f"Settings({shown})"
+
+
+def _check_kafka_options(options: dict[str, Any]) -> None:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    known = set(KafkaProducer.DEFAULT_CONFIG) | set(KafkaConsumer.DEFAULT_CONFIG)
+    for key in options:
+        if key not in known:
+            raise ConfigurationError(f"kafka_options: {key!r} is not a kafka-python setting")

@@ -1,0 +1,268 @@
+"""Tasks: the functions ``@app.task`` registers, and the handles ``delay()`` returns."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from kafka.errors import KafkaError
+
+from .errors import ConfigurationError, Retry
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from kafka.producer.future import FutureRecordMetadata
+
+    from .app import App
+    from .message import Message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Task", "TaskOptions", "TaskContext", "SendHandle", "EagerResult", "SentRecord"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Celery's option names, accepted so code moves over unchanged; all in seconds.
+_CELERY_ALIASES = {
+    "retry_backoff": "retry_backoff_s",
+    "retry_backoff_max": "retry_backoff_max_s",
+    "soft_time_limit": "soft_time_limit_s",
+    "time_limit": "time_limit_s",
+    "autoretry_for": "retry_for",
+}
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options given at decoration; ``None`` means "use the app's setting"."""
+
+    name: str
+    topic: str | None = None
+    partitions: int | None = None
+    bind: bool = False
+    max_retries: int | None = None
+    retry_for: tuple[type[BaseException], ...] = (Exception,)
+    retry_backoff_s: float | None = None
+    retry_backoff_max_s: float | None = None
+    retry_jitter: bool | None = None
+    soft_time_limit_s: float | None = None
+    time_limit_s: float | None = None
+    max_starts: int | None = None
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any]) -> TaskOptions:
+        opts = dict(options)
+        for alias, canonical in _CELERY_ALIASES.items():
+            if alias in opts:
+                if canonical in opts:
+                    raise ConfigurationError(f"task {name!r}: give {canonical!r} or {alias!r}, not both")
+                opts[canonical] = opts.pop(alias)
+        known = set(cls.__dataclass_fields__) - {"name"}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise ConfigurationError(f"task {name!r}: unknown option {unknown[0]!r}")
+        retry_for = opts.get("retry_for", (Exception,))
+        if isinstance(retry_for, type):
+            retry_for = (retry_for,)
+        opts["retry_for"] = tuple(retry_for)
+        for key in ("max_retries", "partitions", "max_starts"):
+            if opts.get(key) is not None and (not isinstance(opts[key], int) or opts[key] < 0):
+                raise ConfigurationError(f"task {name!r}: {key} must be a non-negative int")
+        for key in ("retry_backoff_s", "retry_backoff_max_s", "soft_time_limit_s", "time_limit_s"):
+            if opts.get(key) is not None and (not isinstance(opts[key], (int, float)) or opts[key] < 0):
+                raise ConfigurationError(f"task {name!r}: {key} must be a non-negative number of seconds")
+        return cls(name=name, **opts)
+
+
+@dataclass
+class TaskContext:
+    """What a bound task (``bind=True``) receives as its first argument.
+
+    ``ledger`` is the SQLite connection whose open transaction will also
+    record this execution's success: writes made through it commit together
+    with the success record, or not at all.
+    """
+
+    task: Task[..., Any]
+    message: Message
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    ledger: sqlite3.Connection | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    @property
+    def attempt(self) -> int:
+        return self.message.attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.message.ledger_key
+
+    def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
+        return self.task.retry(countdown_s=countdown_s, exc=exc)
+
+
+@dataclass(frozen=True)
+class SentRecord:
+    """Where the broker stored a message."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class SendHandle:
+    """Returned by ``delay()``/``apply_async()``: the task id and the pending broker acknowledgement."""
+
+    def __init__(self, task_id: str, topic: str, future: FutureRecordMetadata, app: App) -> None:
+        self.id = task_id
+        self.topic = topic
+        self._future = future
+        self._app = app
+
+    def wait_sent(self, timeout: float | None = None) -> SentRecord:
+        """Block until the broker acknowledged the message (``acks=all``).
+
+        Raises :class:`~ktasks.errors.EnqueueError` (``BrokerUnavailable`` on
+        timeouts) if it was not stored. ``timeout`` defaults to the app's
+        ``send_timeout_ms``.
+        """
+        if timeout is None:
+            timeout = self._app.settings.send_timeout_ms / 1000.0
+        try:
+            md = self._future.get(timeout=timeout)
+        except KafkaError as exc:
+            from .producer import translate_send_error
+
+            raise translate_send_error(exc, self._app.settings) from exc
+        return SentRecord(md.topic, md.partition, md.offset)
+
+    @property
+    def sent(self) -> bool:
+        return bool(self._future.is_done and self._future.succeeded())
+
+    def __repr__(self) -> str:
+        return f"<SendHandle {self.id} topic={self.topic}>"
+
+
+class EagerResult:
+    """Returned in eager mode: the task already ran, inline."""
+
+    def __init__(self, task_id: str, result: Any = None, exc: BaseException | None = None) -> None:
+        self.id = task_id
+        self.result = result
+        self.exception = exc
+
+    def wait_sent(self, timeout: float | None = None) -> None:
+        """Nothing is sent in eager mode; re-raises the task's exception if it failed."""
+        if self.exception is not None:
+            raise self.exception
+
+    def get(self) -> Any:
+        if self.exception is not None:
+            raise self.exception
+        return self.result
+
+
+class Task(Generic[P, R]):
+    """A registered task. Call it to run in-process; ``delay`` to enqueue."""
+
+    def __init__(self, app: App, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def topic(self) -> str:
+        return self.options.topic or self.app.default_topic
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def run(self, ctx: TaskContext) -> Any:
+        """Run the function for a message (used by the worker and eager mode)."""
+        msg = ctx.message
+        if self.options.bind:
+            return self.fn(ctx, *msg.args, **msg.kwargs)
+        return self.fn(*msg.args, **msg.kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
+        """Enqueue a call with these arguments."""
+        return self.apply_async(args=args, kwargs=kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        task_id: str | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        topic: str | None = None,
+        countdown_s: float | None = None,
+    ) -> SendHandle | EagerResult:
+        """Enqueue a call.
+
+        ``key`` routes the message: the same key always lands on the same
+        partition and runs in order. ``idempotency_key`` names the execution
+        in the ledger (default: the task id): a key that already succeeded
+        never runs again. ``countdown_s`` delays the first run.
+        """
+        return self.app.send_task(
+            self.name, args=args, kwargs=kwargs, key=key, task_id=task_id,
+            idempotency_key=idempotency_key, headers=headers, topic=topic or self.topic,
+            countdown_s=countdown_s,
+        )
+
+    def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
+        """Build the exception to ``raise`` from inside a task to ask for another attempt."""
+        return Retry(countdown_s=countdown_s, exc=exc)
+
+    # -- policy ---------------------------------------------------------------
+    def max_retries(self) -> int:
+        v = self.options.max_retries
+        return self.app.settings.max_retries if v is None else v
+
+    def max_starts(self) -> int:
+        v = self.options.max_starts
+        return self.app.settings.max_starts if v is None else v
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether a failure on this attempt (0-based) earns another attempt."""
+        if attempt >= self.max_retries():
+            return False
+        if isinstance(exc, Retry):
+            return True
+        return isinstance(exc, self.options.retry_for)
+
+    def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before retry number ``attempt + 1``: exponential, capped, with full jitter."""
+        s = self.app.settings
+        base = self.options.retry_backoff_s
+        base = s.retry_backoff_ms / 1000.0 if base is None else base
+        cap = self.options.retry_backoff_max_s
+        cap = s.retry_backoff_max_ms / 1000.0 if cap is None else cap
+        jitter = self.options.retry_jitter
+        jitter = s.retry_jitter if jitter is None else jitter
+        delay: float = min(cap, base * (2 ** attempt))
+        if jitter:
+            # Full jitter, but never below half the delay, so delays still grow.
+            delay = delay / 2 + (rng or random).random() * delay / 2
+        return delay
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"

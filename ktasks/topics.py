@@ -1,0 +1,135 @@
+"""Creating and checking topics.
+
+Topics are created on first use (or ahead of time with ``ktasks topics
+create``) with the configured partitions and replication factor. An existing
+topic with fewer partitions than configured is reported, never changed:
+adding partitions moves keys to other partitions and breaks per-key order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from .errors import BrokerUnavailable, TopicError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TopicManager", "TopicReport"]
+
+
+@dataclass(frozen=True)
+class TopicReport:
+    """What ``ensure`` found or did for one topic."""
+
+    name: str
+    partitions: int
+    created: bool
+    wanted_partitions: int
+
+    @property
+    def short(self) -> bool:
+        return self.partitions < self.wanted_partitions
+
+
+class TopicManager:
+    """Owns a lazily built admin client (rebuilt after fork) and a cache of checked topics."""
+
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self._settings = settings
+        self._client_id = client_id
+        self._admin: KafkaAdminClient | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._known: dict[str, int] = {}
+
+    def admin(self) -> KafkaAdminClient:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._admin, self._known, self._pid = None, {}, os.getpid()
+            if self._admin is None:
+                cfg = self._settings.kafka_common()
+                cfg.update(client_id=f"{self._client_id}-admin",
+                           bootstrap_timeout_ms=self._settings.send_timeout_ms,
+                           request_timeout_ms=max(self._settings.send_timeout_ms, 5000))
+                try:
+                    self._admin = KafkaAdminClient(**cfg)
+                except KafkaTimeoutError as exc:
+                    raise BrokerUnavailable(
+                        f"Kafka at {self._settings.bootstrap_servers} unreachable after "
+                        f"{self._settings.send_timeout_ms} ms (send_timeout_ms)"
+                    ) from exc
+            return self._admin
+
+    def partitions_of(self, topic: str) -> int | None:
+        """Partition count of an existing topic, or None if it does not exist."""
+        if topic in self._known:
+            return self._known[topic]
+        try:
+            described = self.admin().describe_topics([topic])
+        except KafkaError:
+            return None
+        for entry in described:
+            if entry.get("topic", entry.get("name")) == topic and not entry.get("error_code"):
+                count = len(entry.get("partitions") or [])
+                if count:
+                    self._known[topic] = count
+                    return count
+        return None
+
+    def ensure(self, topics: Iterable[str], partitions: int | None = None,
+               replication_factor: int | None = None, configs: dict[str, str] | None = None
+               ) -> list[TopicReport]:
+        """Create missing topics; report existing ones with fewer partitions than wanted."""
+        wanted = partitions or self._settings.partitions
+        rf = replication_factor or self._settings.replication_factor
+        reports: list[TopicReport] = []
+        missing: list[str] = []
+        for topic in dict.fromkeys(topics):
+            have = self.partitions_of(topic)
+            if have is None:
+                missing.append(topic)
+            else:
+                reports.append(self._report(topic, have, False, wanted))
+        if missing:
+            spec: dict[str, dict[str, Any]] = {
+                t: {"num_partitions": wanted, "replication_factor": rf, "configs": dict(configs or {})}
+                for t in missing
+            }
+            try:
+                self.admin().create_topics(spec, raise_errors=False, wait_for_metadata=True,
+                                           timeout_ms=self._settings.send_timeout_ms)
+            except TopicAlreadyExistsError:
+                pass
+            except KafkaError as exc:
+                raise TopicError(f"creating topics {missing}: {exc}") from exc
+            for topic in missing:
+                self._known.pop(topic, None)
+                have = self.partitions_of(topic)
+                if have is None:
+                    raise TopicError(f"topic {topic!r} could not be created")
+                logger.info("created topic %s (%d partitions, replication factor %d)", topic, have, rf)
+                reports.append(self._report(topic, have, True, wanted))
+        return reports
+
+    def _report(self, topic: str, have: int, created: bool, wanted: int) -> TopicReport:
+        report = TopicReport(topic, have, created, wanted)
+        if report.short:
+            logger.warning(
+                "topic %s has %d partitions, fewer than the configured %d; not changing it "
+                "(adding partitions would move keys and break per-key order)", topic, have, wanted)
+        return report
+
+    def close(self) -> None:
+        with self._lock:
+            if self._admin is not None and self._pid == os.getpid():
+                self._admin.close()
+            self._admin = None
