@@ -183,7 +183,7 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.name = options.name
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     @property
     def topic(self) -> str:
@@ -195,9 +195,10 @@ class Task(Generic[P, R]):
     def run(self, ctx: TaskContext) -> Any:
         """Run the function for a message (used by the worker and eager mode)."""
         msg = ctx.message
+        fn: Callable[..., Any] = self.fn
         if self.options.bind:
-            return self.fn(ctx, *msg.args, **msg.kwargs)
-        return self.fn(*msg.args, **msg.kwargs)
+            return fn(ctx, *msg.args, **msg.kwargs)
+        return fn(*msg.args, **msg.kwargs)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
         """Enqueue a call with these arguments."""
