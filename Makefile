@@ -1,0 +1,51 @@
+# The project's commands; README.md lists the two that matter on a fresh machine:
+#   make quickstart   create .venv, start the local Kafka, run the quickstart demo
+#   make test         create .venv, then lint, type-check and run the whole test suite
+#
+# Variables: PYTHON (interpreter that creates the venv), PORT (dev broker port for
+# quickstart/dev-up/dev-down), PYTEST_ARGS (extra pytest arguments, e.g. PYTEST_ARGS='-k broker -x').
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 9092
+PYTEST_ARGS ?=
+
+# Reinstalled only when the package metadata changes.
+STAMP := $(VENV)/.ktasks-installed
+
+.PHONY: venv test quickstart dev-up dev-down dev-status clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check ktasks tests
+	$(BIN)/mypy ktasks
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+dev-up: $(STAMP)
+	$(BIN)/ktasks dev up --port $(PORT)
+
+dev-down: $(STAMP)
+	$(BIN)/ktasks dev down --port $(PORT)
+
+dev-status: $(STAMP)
+	$(BIN)/ktasks dev status --port $(PORT)
+
+quickstart: dev-up
+	@if [ -f examples/quickstart/run.sh ]; then \
+		KTASKS_BOOTSTRAP_SERVERS=127.0.0.1:$(PORT) PATH="$(abspath $(BIN)):$$PATH" \
+			bash examples/quickstart/run.sh; \
+	else \
+		echo "broker is up at 127.0.0.1:$(PORT); worker demo not yet available"; \
+	fi
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache
