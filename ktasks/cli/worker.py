@@ -1,0 +1,83 @@
+"""``ktasks worker``: run tasks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..logs import configure_logging
+from ._app import load_app
+
+
+def _resolved_spec(spec: str, app: object) -> str:
+    """``module:attr`` for children to import, even when ``-A module`` found the app itself."""
+    module_name, _, attr = spec.partition(":")
+    if attr:
+        return spec
+    module = sys.modules[module_name]
+    for name, value in vars(module).items():
+        if value is app:
+            return f"{module_name}:{name}"
+    raise click.UsageError(f"-A {spec!r}: cannot find the app's attribute name in {module_name}")
+
+
+@click.command()
+@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]", help="The app to run.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
+              help="Child processes (default: the number of CPUs).")
+@click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
+@click.option("--group", "group_id", default=None, help="Consumer group (default: the app's name).")
+@click.option("--group-instance-id", default=None, help="Static group membership id.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=None,
+              help="Replace a child after this many tasks.")
+@click.option("--ledger", "ledger_path", default=None, help="Path of the SQLite ledger.")
+@click.option("--no-ledger", is_flag=True, help="Run without the ledger (no duplicate protection).")
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+@click.option("--burst", is_flag=True, help="Drain the backlog, then exit 0.")
+@click.option("--reload", "reload_", is_flag=True, help="Restart warmly when the app's source changes.")
+def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
+           group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
+           no_ledger: bool, loglevel: str, log_format: str, burst: bool, reload_: bool) -> None:
+    """Run a worker: one consumer in the group, a prefork pool of children.
+
+    Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
+    tasks, commit, leave the group), 3 after a cold one (a second signal:
+    running tasks are killed and redelivered), 1 on errors.
+    """
+    configure_logging(loglevel, log_format, process_name="worker")
+    if reload_:
+        from ..supervisor import Reloader, reload_argv
+
+        module_name = app_spec.partition(":")[0]
+        app = load_app(app_spec)
+        module_file = getattr(sys.modules[module_name], "__file__", None)
+        root = Path(module_file).resolve().parent if module_file else Path.cwd()
+        # Watch the top-level package, not only the module's own folder.
+        while (root / "__init__.py").exists() and (root.parent / "__init__.py").exists():
+            root = root.parent
+        sys.exit(Reloader(reload_argv(sys.argv[1:]), root).run())
+
+    from ..supervisor import run_worker
+    from ..worker import Worker
+
+    app = load_app(app_spec)
+    overrides: dict[str, object] = {}
+    if group_instance_id:
+        overrides["group_instance_id"] = group_instance_id
+    if max_tasks_per_child is not None:
+        overrides["max_tasks_per_child"] = max_tasks_per_child
+    if ledger_path:
+        overrides["ledger_path"] = ledger_path
+    if no_ledger:
+        overrides["ledger_enabled"] = False
+    w = Worker(app, _resolved_spec(app_spec, app), concurrency=concurrency,
+               topics=[t.strip() for t in topics.split(",") if t.strip()] if topics else None,
+               group_id=group_id, loglevel=loglevel, log_format=log_format, burst=burst, overrides=overrides)
+    sys.exit(run_worker(w))
+
+
+COMMANDS = [worker]

@@ -1,0 +1,212 @@
+"""A prefork child: runs the tasks its parent hands it, one at a time.
+
+Parent and child talk over a pipe in msgpack, never pickle: the parent sends
+a batch of raw task records, the child runs them in order and sends results
+back, batched so a no-op task does not cost a pipe round trip. Before a
+result leaves the child, the ledger records it durably, so a completion the
+parent commits is always in the ledger.
+
+The child also publishes which record it is running, and since when, in a
+small shared array; the parent reads it to enforce hard time limits and to
+know which task was lost when a child dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .. import faults
+from ..errors import Retry, SoftTimeLimitExceeded
+from ..logs import configure_logging, task_extra
+from ..message import decode, pack, unpack
+from ..task import TaskContext
+
+logger = logging.getLogger(__name__)
+
+# Result statuses, sent as the second field of each result.
+OK, SKIP, RETRY, DEAD, POISON = "ok", "skip", "retry", "dead", "poison"
+
+#: Longest a finished result waits in the child before it is sent, when the batch goes on.
+RESULT_FLUSH_S = 0.05
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attr`` given on the parent's command line (never from a message)."""
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr or "app")
+
+
+def _die_with_parent() -> None:
+    # If the parent is SIGKILLed, its children must not go on running tasks whose
+    # completions nobody will ever commit: ask the kernel to kill us with it.
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _on_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded("soft time limit exceeded")
+
+
+class Child:
+    """The loop of one child process."""
+
+    def __init__(self, app: Any, index: int, conn: Connection, state: Any, parent_pid: int) -> None:
+        self.app = app
+        self.index = index
+        self.conn = conn
+        self.state = state
+        self.parent_pid = parent_pid
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.ledger: Any = None
+        if app.settings.ledger_enabled:
+            from ..ledger import Ledger
+
+            self.ledger = Ledger.for_app(app)
+
+    def serve(self) -> None:
+        self.conn.send_bytes(pack(["ready", self.pid]))
+        while True:
+            try:
+                data = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # parent gone
+            batch = unpack(data)
+            if batch and batch[0] == "stop":
+                return
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: Sequence[Sequence[Any]]) -> None:
+        results: list[list[Any]] = []
+        last_sent = time.monotonic()
+        for i, job in enumerate(batch):
+            seq = job[0]
+            self.state[0] = float(seq)
+            self.state[1] = time.monotonic()
+            try:
+                results.append(self._run_one(*job))
+            finally:
+                self.state[1] = 0.0
+            now = time.monotonic()
+            if i == len(batch) - 1 or now - last_sent >= RESULT_FLUSH_S:
+                self._send(results)
+                results = []
+                last_sent = now
+
+    def _send(self, results: list[list[Any]]) -> None:
+        if self.ledger is not None:
+            self.ledger.flush()
+        faults.point("after_ledger_write", self.parent_pid)
+        self.conn.send_bytes(pack(["results", results]))
+
+    def _run_one(self, seq: int, value: bytes, topic: str, partition: int, offset: int,
+                 force: bool, soft_limit_s: float | None) -> list[Any]:
+        msg = decode(value)
+        task = self.app.get_task(msg.task)
+        ctx = TaskContext(task=task, message=msg, topic=topic, partition=partition, offset=offset)
+        log_extra = task_extra(msg.task, msg.id, topic, partition, offset)
+        key = msg.ledger_key
+        if self.ledger is not None:
+            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(),
+                                         host=self.host, pid=self.pid)
+            if decision.kind == "skip" and not force:
+                logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
+                            msg.task, msg.id, key, extra=log_extra)
+                return [seq, SKIP, 0.0, None, None, None, None]
+            if decision.kind == "poison":
+                logger.error("task %s[%s] was started %d times without finishing: poison message",
+                             msg.task, msg.id, task.max_starts(), extra=log_extra)
+                return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
+                        f"started {task.max_starts()} times without finishing (max_starts)", None]
+        faults.point("before_task", self.parent_pid)
+        logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
+        self.app.middleware.before("before_task", ctx)
+        if soft_limit_s:
+            signal.setitimer(signal.ITIMER_REAL, soft_limit_s)
+        t0 = time.perf_counter()
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            if task.options.bind and self.ledger is not None:
+                with self.ledger.transaction() as conn:
+                    ctx.ledger = conn
+                    result = task.run(ctx)
+                    faults.point("after_task", self.parent_pid)
+                    self.ledger.succeeded(key, result, time.perf_counter() - t0, conn=conn)
+            else:
+                result = task.run(ctx)
+                faults.point("after_task", self.parent_pid)
+                if self.ledger is not None:
+                    self.ledger.succeeded(key, result, time.perf_counter() - t0)
+        except Exception as exc:
+            error = exc
+        finally:
+            if soft_limit_s:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        duration = time.perf_counter() - t0
+        self.app.middleware.after("after_task", ctx, result, error)
+        if error is None:
+            logger.info("task %s[%s] succeeded in %.3fs", msg.task, msg.id, duration, extra=log_extra)
+            return [seq, OK, duration, None, None, None, None]
+        return self._failed(seq, task, msg, error, duration, key, log_extra)
+
+    def _failed(self, seq: int, task: Any, msg: Any, error: BaseException, duration: float, key: str,
+                log_extra: dict[str, Any]) -> list[Any]:
+        cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
+        tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        exc_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
+        if self.ledger is not None:
+            self.ledger.failed(key, cause, tb)
+        if task.should_retry(error, msg.attempt):
+            countdown = error.countdown_s if isinstance(error, Retry) else None
+            delay = countdown if countdown is not None else task.backoff_s(msg.attempt)
+            logger.warning("task %s[%s] failed in %.3fs (%s: %s); retry %d/%d in %.1fs", msg.task, msg.id,
+                           duration, exc_type, cause, msg.attempt + 1, task.max_retries(), delay,
+                           extra=log_extra)
+            return [seq, RETRY, duration, delay, exc_type, str(cause), tb]
+        retriable = isinstance(error, Retry) or isinstance(error, task.options.retry_for)
+        reason = "retries-exhausted" if retriable else "not-retriable"
+        logger.error("task %s[%s] failed in %.3fs (%s: %s); %s, sending to the dead-letter topic",
+                     msg.task, msg.id, duration, exc_type, cause, reason, extra=log_extra)
+        return [seq, DEAD, duration, reason, exc_type, str(cause), tb]
+
+
+def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_pid: int,
+               loglevel: str, log_format: str, faults_spec: str | None,
+               overrides: dict[str, Any] | None = None) -> None:
+    """Entry point of a child process (spawned, so it imports the app afresh)."""
+    _die_with_parent()
+    # The parent decides when children stop; a Ctrl-C or a SIGTERM to the whole
+    # process group must not kill a task half way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _on_soft_limit)
+    configure_logging(loglevel, log_format, process_name=f"child-{index}")
+    faults.configure(faults_spec)
+    try:
+        app = load_app(app_spec)
+        if overrides:
+            # Settings the worker was started with (CLI flags) win over the module's.
+            app.settings = app.settings.replace(**overrides)
+        Child(app, index, conn, state, parent_pid).serve()
+    except Exception:
+        logger.exception("child %d crashed", index)
+        raise
+    finally:
+        conn.close()

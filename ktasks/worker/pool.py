@@ -1,0 +1,214 @@
+"""The prefork pool: starting, feeding, watching and replacing child processes.
+
+Children are *spawned*, not forked: the parent runs Kafka client threads, and
+forking a threaded process can leave locks held in the child forever. Each
+child imports the app afresh from the ``module:attr`` spec the worker was
+started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ..errors import WorkerError
+from ..message import pack, unpack
+from .child import child_main
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Pool", "ChildProc", "ChildEvent"]
+
+_ctx = multiprocessing.get_context("spawn")
+
+
+@dataclass(eq=False)
+class ChildProc:
+    """The parent's view of one child."""
+
+    index: int
+    process: Any
+    conn: Connection
+    state: Any                      # shared doubles: [seq of the running job, its start (monotonic) or 0]
+    outstanding: dict[int, Any] = field(default_factory=dict)   # seq -> job, in dispatch order
+    tasks_done: int = 0
+    ready: bool = False
+    retiring: bool = False
+    kill_reason: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.ready and not self.outstanding and not self.retiring
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def running(self) -> tuple[int, float] | None:
+        """Seq and start time of the job the child is running now, if any."""
+        start = self.state[1]
+        if start <= 0.0:
+            return None
+        return int(self.state[0]), start
+
+
+@dataclass
+class ChildEvent:
+    child: ChildProc
+    kind: str                       # "results" or "died"
+    results: list[list[Any]] = field(default_factory=list)
+    exitcode: int | None = None
+
+
+class Pool:
+    """N spawned children, each with its own pipe."""
+
+    def __init__(self, app_spec: str, size: int, *, loglevel: str = "INFO", log_format: str = "text",
+                 faults_spec: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+        if size < 1:
+            raise WorkerError(f"concurrency must be at least 1, got {size}")
+        self.app_spec = app_spec
+        self.size = size
+        self.loglevel = loglevel
+        self.log_format = log_format
+        self.faults_spec = faults_spec
+        self.overrides = dict(overrides or {})
+        self.children: list[ChildProc] = []
+        self._next_index = 0
+        self.replaced = 0
+
+    def start(self, timeout_s: float = 120.0) -> None:
+        for _ in range(self.size):
+            self.children.append(self._spawn())
+        self.wait_ready(timeout_s)
+
+    def _spawn(self) -> ChildProc:
+        index = self._next_index
+        self._next_index += 1
+        parent_conn, child_conn = _ctx.Pipe(duplex=True)
+        state = _ctx.RawArray("d", 2)
+        proc = _ctx.Process(
+            target=child_main, name=f"ktasks-child-{index}", daemon=True,
+            args=(self.app_spec, index, child_conn, state, os.getpid(), self.loglevel, self.log_format,
+                  self.faults_spec, self.overrides),
+        )
+        proc.start()
+        child_conn.close()
+        logger.debug("started child %d (pid %s)", index, proc.pid)
+        return ChildProc(index, proc, parent_conn, state)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not all(c.ready for c in self.children):
+            if time.monotonic() > deadline:
+                raise WorkerError(f"children did not start within {timeout_s:.0f} s")
+            for event in self.poll(0.5):
+                if event.kind == "died":
+                    raise WorkerError(
+                        f"child {event.child.index} exited with code {event.exitcode} while starting; "
+                        f"is the app importable as {self.app_spec!r}? (see the log above)")
+
+    def idle(self) -> list[ChildProc]:
+        return [c for c in self.children if c.idle]
+
+    def dispatch(self, child: ChildProc, jobs: list[Any], payload: list[list[Any]]) -> None:
+        """Hand a batch to an idle child; ``payload`` is the wire form of ``jobs``."""
+        for job in jobs:
+            child.outstanding[job.seq] = job
+        try:
+            child.conn.send_bytes(pack(payload))
+        except (BrokenPipeError, OSError):
+            # The child died; its sentinel fires and the death handler requeues these jobs.
+            logger.debug("child %d pipe closed during dispatch", child.index)
+
+    def poll(self, timeout_s: float) -> list[ChildEvent]:
+        """Wait up to ``timeout_s`` for results or deaths."""
+        if not self.children:
+            time.sleep(timeout_s)
+            return []
+        by_conn = {c.conn: c for c in self.children}
+        by_sentinel = {c.process.sentinel: c for c in self.children}
+        ready = wait(list(by_conn) + list(by_sentinel), timeout_s)
+        events: list[ChildEvent] = []
+        dead: set[ChildProc] = set()
+        for obj in ready:
+            if obj in by_conn:
+                child = by_conn[obj]
+                # Drain everything the child sent before looking at whether it died.
+                while True:
+                    try:
+                        if not child.conn.poll():
+                            break
+                        msg = unpack(child.conn.recv_bytes())
+                    except (EOFError, OSError):
+                        dead.add(child)
+                        break
+                    if msg[0] == "ready":
+                        child.ready = True
+                    elif msg[0] == "results":
+                        events.append(ChildEvent(child, "results", msg[1]))
+            else:
+                dead.add(by_sentinel[obj])
+        for child in dead:
+            child.process.join(timeout=1.0)
+            if child.process.is_alive():
+                continue  # pipe trouble but alive: the sentinel will tell
+            events.append(ChildEvent(child, "died", exitcode=child.process.exitcode))
+        return events
+
+    def remove(self, child: ChildProc) -> None:
+        if child in self.children:
+            self.children.remove(child)
+        try:
+            child.conn.close()
+        except OSError:
+            pass
+
+    def replace(self, child: ChildProc) -> ChildProc:
+        """Forget a dead (or retired) child and spawn another in its place."""
+        self.remove(child)
+        new = self._spawn()
+        self.children.append(new)
+        self.replaced += 1
+        return new
+
+    def kill(self, child: ChildProc) -> None:
+        if child.process.is_alive():
+            child.process.kill()
+        child.process.join(timeout=5.0)
+
+    def retire(self, child: ChildProc) -> None:
+        """Ask an idle child to exit; its death event then triggers the replacement."""
+        child.retiring = True
+        try:
+            child.conn.send_bytes(pack(["stop"]))
+        except OSError:
+            pass
+
+    def stop(self, timeout_s: float = 10.0, children: Iterable[ChildProc] | None = None) -> None:
+        """Ask children to exit after their current batch; kill those that don't in time."""
+        targets = list(self.children if children is None else children)
+        for child in targets:
+            try:
+                child.conn.send_bytes(pack(["stop"]))
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        for child in targets:
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                logger.warning("child %d did not stop in time; killing it", child.index)
+                self.kill(child)
+            self.remove(child)
+
+    def terminate(self) -> None:
+        """Kill every child now (cold shutdown)."""
+        for child in list(self.children):
+            self.kill(child)
+            self.remove(child)

@@ -1,0 +1,677 @@
+"""The worker parent: owns the consumer, feeds the pool, commits what finished.
+
+One thread runs the loop: poll (always, so the group never thinks we are
+stuck, however long tasks run), hand ready records to idle children, collect
+results, commit finished offsets in batches. Rebalance callbacks run on a
+helper thread (see :mod:`.membership`) and share the loop's state under
+``self._lock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from .. import faults
+from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, DeadLetter
+from ..deadletter import publish as publish_dead_letter
+from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..message import Message, decode, encode, header
+from .child import DEAD, OK, POISON, RETRY, SKIP
+from .membership import Listener, build_consumer
+from .offsets import OffsetTracker
+from .pool import ChildProc, Pool
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Worker", "EXIT_OK", "EXIT_COLD", "EXIT_ERROR"]
+
+EXIT_OK = 0        # warm shutdown: everything finished was committed
+EXIT_ERROR = 1     # could not start or failed
+EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be redelivered
+
+_HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, "ktasks-replay", "ktasks-last-error"}
+
+
+@dataclass(eq=False)
+class PartitionState:
+    """What the worker knows of one assigned partition, for one assignment (its epoch)."""
+
+    tp: TopicPartition
+    epoch: int
+    tracker: OffsetTracker = field(default_factory=OffsetTracker)
+    keys: dict[bytes, deque[Job]] = field(default_factory=dict)   # key -> jobs waiting behind the running one
+    finished: dict[int, Job] = field(default_factory=dict)        # finished, not yet committed
+    hold_until: float | None = None    # a retry record not yet due: partition paused until then
+    paused: bool = False
+    revoking: bool = False
+
+
+@dataclass(eq=False)
+class Job:
+    seq: int
+    ps: PartitionState
+    record: Any                       # kafka ConsumerRecord
+    message: Message | None
+    task: Any                         # Task or None for records that never reach a child
+    origin_topic: str
+    force: bool = False
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+
+@dataclass(eq=False)
+class PendingPublish:
+    """A retry or dead-letter record on its way; its job finishes when the broker has it."""
+
+    job: Job
+    kind: str
+    send: Any                         # callable returning a future; called again after a failure
+    future: Any = None
+    failures: int = 0
+    next_try: float = 0.0
+
+
+@dataclass
+class Stats:
+    succeeded: int = 0
+    skipped: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    lost: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Runs an app's tasks from Kafka. ``run()`` blocks until stopped and returns the exit code."""
+
+    def __init__(self, app: Any, app_spec: str, *, concurrency: int | None = None,
+                 topics: Iterable[str] | None = None, group_id: str | None = None,
+                 loglevel: str = "INFO", log_format: str = "text", burst: bool = False,
+                 overrides: dict[str, Any] | None = None) -> None:
+        self.app = app
+        self.overrides = dict(overrides or {})
+        if group_id:
+            self.overrides["group_id"] = group_id
+        if concurrency:
+            self.overrides["concurrency"] = concurrency
+        self.settings = app.settings.replace(**self.overrides) if self.overrides else app.settings
+        self.app_spec = app_spec
+        self.group_id: str = self.settings.group_id or app.name
+        self.concurrency = self.settings.concurrency or os.cpu_count() or 1
+        self.topics = list(topics) if topics else app.task_topics()
+        self.burst = burst
+        self.host = socket.gethostname()
+        self._retry_topics = {rt: t for t in self.topics for rt in app.retry_topics(t)}
+        self.pool = Pool(app_spec, self.concurrency, loglevel=loglevel, log_format=log_format,
+                         faults_spec=self.settings.faults, overrides=self.overrides)
+        self.consumer: Any = None
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.ready: deque[Job] = deque()
+        self.publishing: list[PendingPublish] = []
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        self._stop = False
+        self._cold = False
+        self._seq = 0
+        self._epoch = 0
+        self._in_flight = 0
+        self._avg_duration = 0.0
+        self._next_commit = 0.0
+        self._commit_failing_since: float | None = None
+        self._commit_failures = 0
+        self._idle_polls = 0
+        self._pid = os.getpid()
+        faults.configure(self.settings.faults)
+
+    # -- lifecycle ------------------------------------------------------------
+    def request_stop(self, cold: bool = False) -> None:
+        """Ask for a warm shutdown; ``cold=True`` (or a second call) stops at once."""
+        if self._stop or cold:
+            self._cold = True
+        self._stop = True
+
+    def run(self) -> int:
+        all_topics = self.topics + list(self._retry_topics)
+        logger.info("worker for app %s: group %s, %d children, topics %s", self.app.name, self.group_id,
+                    self.concurrency, ", ".join(self.topics))
+        self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
+        self.pool.start()
+        self.stats = Stats()
+        self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
+        self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
+                                                              self._on_lost))
+        self.app.middleware.before("worker_started", self)
+        logger.info("ready: %d children up, joining group %s", len(self.pool.children), self.group_id)
+        try:
+            while not self._stop:
+                self._iterate()
+                if self.burst and self._drained():
+                    logger.info("burst: backlog drained, stopping")
+                    self._stop = True
+            code = self._shutdown()
+        except BaseException:
+            logger.exception("worker failed; killing children")
+            self.pool.terminate()
+            raise
+        self.app.middleware.after("worker_stopped", self)
+        return code
+
+    def _iterate(self) -> None:
+        busy = bool(self._in_flight or self.ready or self.publishing)
+        records = self.consumer.poll(timeout_ms=0 if busy else self.settings.poll_timeout_ms)
+        with self._lock:
+            self._release_holds()
+            if records:
+                self._idle_polls = 0
+                for tp, recs in records.items():
+                    self._accept(tp, recs)
+            else:
+                self._idle_polls += 1
+            self._dispatch()
+            self._collect(0.02 if self._in_flight else 0.0)
+            self._dispatch()
+            self._check_time_limits()
+            self._pump_publishes()
+            self._maybe_commit()
+
+    def _drained(self) -> bool:
+        if self._in_flight or self.ready or self.publishing or self._idle_polls < 3:
+            return False
+        if not self.partitions:
+            return False
+        tps = list(self.partitions)
+        ends = self.consumer.end_offsets(tps)
+        return all(self.consumer.position(tp) >= ends.get(tp, 0) and not self.partitions[tp].tracker.in_flight
+                   for tp in tps if tp in self.partitions)
+
+    # -- intake ---------------------------------------------------------------
+    def _accept(self, tp: TopicPartition, records: list[Any]) -> None:
+        ps = self.partitions.get(tp)
+        if ps is None or ps.revoking:
+            return
+        now = time.time()
+        origin = self._retry_topics.get(tp.topic, tp.topic)
+        for record in records:
+            if ps.hold_until is not None:
+                break
+            ps.tracker.add(record.offset)
+            self._seq += 1
+            job = Job(self._seq, ps, record, None, None, header(record.headers, H_ORIGIN_TOPIC) or origin,
+                      force=header(record.headers, H_FORCE) == "1")
+            try:
+                job.message = decode(record.value)
+            except DecodeError as exc:
+                self._dead_letter(job, "undecodable", "ktasks.errors.DecodeError", str(exc))
+                continue
+            job.task = self.app.tasks.get(job.message.task)
+            if job.task is None:
+                self._dead_letter(job, "unregistered", "ktasks.errors.TaskNotRegistered",
+                                  f"task {job.message.task!r} is not registered with app {self.app.name!r}")
+                continue
+            due = job.message.due
+            if due is not None and due > now:
+                # Not due yet: seek back to it and pause the partition until it is. Waiting
+                # this way buffers nothing and leaves every other partition running.
+                ps.tracker.rewind(record.offset)
+                self.consumer.seek(tp, record.offset)
+                ps.hold_until = due
+                self._update_pause(ps)
+                break
+            key = record.key
+            if key is not None:
+                waiting = ps.keys.get(key)
+                if waiting is not None:
+                    waiting.append(job)       # same key is running: strictly after it
+                    continue
+                ps.keys[key] = deque()
+            self.ready.append(job)
+        self._update_pause(ps)
+
+    def _release_holds(self) -> None:
+        now = time.time()
+        for ps in self.partitions.values():
+            if ps.hold_until is not None and ps.hold_until <= now:
+                ps.hold_until = None
+                self._update_pause(ps)
+
+    def _update_pause(self, ps: PartitionState) -> None:
+        backlog = ps.tracker.in_flight
+        limit = self.settings.prefetch_per_partition
+        want = ps.hold_until is not None or backlog >= limit or (ps.paused and backlog > limit // 2)
+        if want and not ps.paused:
+            self.consumer.pause(ps.tp)
+            ps.paused = True
+        elif not want and ps.paused:
+            self.consumer.resume(ps.tp)
+            ps.paused = False
+
+    # -- dispatch -------------------------------------------------------------
+    def _dispatch(self) -> None:
+        if not self.ready:
+            return
+        idle = self.pool.idle()
+        if not idle:
+            return
+        # Small batches when tasks are slow (no head-of-line blocking), larger when they
+        # are quick (fewer pipe round trips).
+        if self._avg_duration < 0.005:
+            size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
+        else:
+            size = 1
+        for child in idle:
+            jobs: list[Job] = []
+            while self.ready and len(jobs) < size:
+                job = self.ready.popleft()
+                if self.partitions.get(job.ps.tp) is job.ps and not job.ps.revoking:
+                    jobs.append(job)
+            if not jobs:
+                return
+            payload = [[j.seq, j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
+                        j.task.options.soft_time_limit_s] for j in jobs]
+            self.pool.dispatch(child, jobs, payload)
+            self._in_flight += len(jobs)
+            if not self.ready:
+                return
+
+    # -- results --------------------------------------------------------------
+    def _collect(self, timeout_s: float) -> None:
+        for event in self.pool.poll(timeout_s):
+            child = event.child
+            if event.kind == "results":
+                for res in event.results:
+                    job = child.outstanding.pop(res[0], None)
+                    if job is None:
+                        continue
+                    self._in_flight -= 1
+                    child.tasks_done += 1
+                    self._finish(job, res)
+                limit = self.settings.max_tasks_per_child
+                if limit and not child.outstanding and child.tasks_done >= limit and not self._stop:
+                    logger.info("child %d ran %d tasks (max_tasks_per_child): replacing it",
+                                child.index, child.tasks_done)
+                    self.pool.retire(child)
+            else:
+                self._child_died(child, event.exitcode)
+
+    def _finish(self, job: Job, res: list[Any]) -> None:
+        status, duration = res[1], res[2]
+        self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
+        if status == OK:
+            self.stats.succeeded += 1
+            self._complete(job)
+        elif status == SKIP:
+            self.stats.skipped += 1
+            self._complete(job)
+        elif status == RETRY:
+            self._retry(job, float(res[3]), res[4], res[5])
+        elif status == DEAD:
+            self._dead_letter(job, res[3], res[4], res[5], res[6])
+        elif status == POISON:
+            self._dead_letter(job, "poison", res[4], res[5], res[6])
+        else:
+            raise WorkerError(f"unknown result status {status!r} from a child")
+
+    def _child_died(self, child: ChildProc, exitcode: int | None) -> None:
+        jobs = list(child.outstanding.values())
+        child.outstanding.clear()
+        self._in_flight -= len(jobs)
+        running = child.running()
+        if child.retiring and not jobs:
+            logger.debug("child %d retired", child.index)
+        else:
+            how = f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+            logger.error("child %d (pid %s) died (%s) with %d task(s) assigned", child.index, child.pid, how,
+                         len(jobs))
+        lost_seq = running[0] if running is not None else None
+        requeue: list[Job] = []
+        for job in jobs:
+            if job.seq == lost_seq:
+                killed_for_limit = child.kill_reason == "time-limit"
+                exc = (TimeLimitExceeded(f"ran past time_limit_s={job.task.options.time_limit_s}")
+                       if killed_for_limit else WorkerLost(f"child process died ({how})"))
+                self.stats.lost += 1
+                self._failed_in_parent(job, exc, "time-limit" if killed_for_limit else "worker-lost")
+            else:
+                requeue.append(job)
+        # Jobs the child had not started (or had finished without reporting) run again;
+        # the ledger skips any that did finish.
+        self.ready.extendleft(reversed(requeue))
+        if not self._stop:
+            self.pool.replace(child)
+        else:
+            self.pool.remove(child)
+
+    def _failed_in_parent(self, job: Job, exc: BaseException, reason: str) -> None:
+        assert job.message is not None
+        exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        if job.task.should_retry(exc, job.message.attempt):
+            delay = job.task.backoff_s(job.message.attempt)
+            logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
+                           job.message.attempt + 1, job.task.max_retries(), delay)
+            self._retry(job, delay, exc_type, str(exc))
+        else:
+            logger.error("task %s[%s]: %s; sending to the dead-letter topic", job.message.task,
+                         job.message.id, exc)
+            self._dead_letter(job, reason, exc_type, str(exc))
+
+    def _check_time_limits(self) -> None:
+        now = time.monotonic()
+        for child in list(self.pool.children):
+            running = child.running()
+            if running is None or child.kill_reason:
+                continue
+            job = child.outstanding.get(running[0])
+            limit = job.task.options.time_limit_s if job is not None else None
+            if limit and now - running[1] > limit:
+                logger.error("task %s[%s] ran past its time limit (%.1fs): killing child %d",
+                             job.message.task if job and job.message else "?",
+                             job.message.id if job and job.message else "?", limit, child.index)
+                child.kill_reason = "time-limit"
+                self.pool.kill(child)
+
+    def _complete(self, job: Job) -> None:
+        ps = job.ps
+        if self.partitions.get(ps.tp) is not ps:
+            # The partition was revoked (or lost) since this record was taken: its new owner
+            # decides about it; committing here could move someone else's offset.
+            logger.debug("completion of %s@%d after its partition moved: not committed", ps.tp, job.offset)
+            return
+        ps.tracker.done(job.offset)
+        ps.finished[job.offset] = job
+        key = job.record.key
+        if key is not None:
+            waiting = ps.keys.get(key)
+            if waiting is not None and job.task is not None and self._holds_key(job):
+                if waiting:
+                    self.ready.appendleft(waiting.popleft())
+                else:
+                    del ps.keys[key]
+        self._update_pause(ps)
+
+    @staticmethod
+    def _holds_key(job: Job) -> bool:
+        # Only records that went through the ready queue hold their key; dead-lettered
+        # undecodable or unregistered records never took it.
+        return job.message is not None and job.task is not None
+
+    # -- retries and dead letters ----------------------------------------------
+    def _retry(self, job: Job, delay_s: float, exc_type: str | None, exc_message: str | None) -> None:
+        assert job.message is not None
+        message = replace(job.message, attempt=job.message.attempt + 1, due=time.time() + delay_s)
+        tiers = sorted(self.settings.retry_tiers_ms)
+        tier = max([t for t in tiers if t <= delay_s * 1000] or tiers[:1])
+        topic = self.app.retry_topic(job.origin_topic, tier)
+        headers = [(k, v) for k, v in job.record.headers or [] if k not in _HEADERS_NOT_CARRIED]
+        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
+        headers.append(("ktasks-last-error", f"{exc_type}: {exc_message}"[:1000].encode()))
+        value = encode(message)
+
+        def send() -> Any:
+            faults.point("retry_publish")
+            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+
+        self.stats.retried += 1
+        self.app.middleware.after("on_retry", message, delay_s, None)
+        self._publish(PendingPublish(job, "retry", send))
+
+    def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
+                     stacktrace: str | None = None) -> None:
+        r = job.record
+        dl = DeadLetter(
+            value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic, partition=r.partition,
+            offset=r.offset, timestamp_ms=r.timestamp, origin_topic=job.origin_topic, reason=reason,
+            exc_type=exc_type, exc_message=exc_message, stacktrace=stacktrace,
+            attempts=(job.message.attempt + 1) if job.message else 0, group=self.group_id, host=self.host,
+        )
+
+        def send() -> Any:
+            faults.point("dead_letter_publish")
+            return publish_dead_letter(self.app, dl)
+
+        self.stats.dead_lettered += 1
+        self.app.middleware.after("on_dead_letter", job.message, reason)
+        self._publish(PendingPublish(job, "dead-letter", send))
+
+    def _publish(self, pending: PendingPublish) -> None:
+        self.publishing.append(pending)
+        self._try_send(pending)
+
+    def _try_send(self, pending: PendingPublish) -> None:
+        try:
+            pending.future = pending.send()
+        except Exception as exc:
+            self._publish_failed(pending, exc)
+
+    def _publish_failed(self, pending: PendingPublish, exc: BaseException) -> None:
+        pending.failures += 1
+        pending.future = None
+        backoff = min(30.0, 0.2 * 2 ** min(pending.failures, 8))
+        pending.next_try = time.monotonic() + backoff
+        logger.error("publishing %s record for %s@%d failed (%s: %s); its offset stays uncommitted, "
+                     "trying again in %.1fs", pending.kind, pending.job.record.topic, pending.job.offset,
+                     type(exc).__name__, exc, backoff)
+
+    def _pump_publishes(self) -> None:
+        if not self.publishing:
+            return
+        now = time.monotonic()
+        still: list[PendingPublish] = []
+        for p in self.publishing:
+            if self.partitions.get(p.job.ps.tp) is not p.job.ps:
+                continue    # partition moved: not ours to finish
+            if p.future is None:
+                if now >= p.next_try:
+                    self._try_send(p)
+                still.append(p)
+            elif p.future.is_done:
+                if p.future.succeeded():
+                    self._complete(p.job)
+                else:
+                    self._publish_failed(p, p.future.exception)
+                    still.append(p)
+            else:
+                still.append(p)
+        self.publishing = still
+
+    # -- commits --------------------------------------------------------------
+    def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None) -> bool:
+        """Commit finished offsets; returns False when a retriable error left something uncommitted."""
+        now = time.monotonic()
+        if not force and now < self._next_commit:
+            return True
+        self._next_commit = now + self.settings.commit_interval_ms / 1000.0
+        targets = [self.partitions[tp] for tp in (only if only is not None else list(self.partitions))
+                   if tp in self.partitions]
+        offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, "", -1)
+                   for ps in targets if ps.tracker.needs_commit()}
+        if not offsets:
+            return True
+        try:
+            faults.point("before_commit", self._pid)
+            faults.point("commit", self._pid)
+            self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            logger.warning("commit rejected (%s): the group is rebalancing and these partitions may move; "
+                           "finished tasks are in the ledger, so their next owner will not run them again",
+                           exc)
+            return False
+        except (KafkaError, faults.FaultInjected) as exc:
+            return self._commit_error(exc, now)
+        for tp, om in offsets.items():
+            ps = self.partitions.get(tp)
+            if ps is not None:
+                ps.tracker.mark_committed(om.offset)
+                for offset in [o for o in ps.finished if o < om.offset]:
+                    del ps.finished[offset]
+        if self._commit_failing_since is not None:
+            logger.info("offset commit succeeded again after %d failures", self._commit_failures)
+        self._commit_failing_since = None
+        self._commit_failures = 0
+        faults.point("after_commit", self._pid)
+        return True
+
+    def _commit_error(self, exc: BaseException, now: float) -> bool:
+        retriable = bool(getattr(exc, "retriable", False))
+        self._commit_failures += 1
+        if self._commit_failing_since is None:
+            self._commit_failing_since = now
+        failing_for = now - self._commit_failing_since
+        deadline = self.settings.commit_retry_deadline_ms / 1000.0
+        if retriable and failing_for < deadline:
+            backoff = min(5.0, 0.05 * 2 ** min(self._commit_failures, 7))
+            self._next_commit = now + backoff
+            logger.warning("offset commit failed (%s: %s), retriable; retry %d in %.2fs", type(exc).__name__,
+                           exc, self._commit_failures, backoff)
+            return False
+        logger.error("offset commit failed for %.1fs (%s: %s): reporting finished records as commit-failed "
+                     "and rejoining the group", failing_for, type(exc).__name__, exc)
+        self._report_commit_failed()
+        return False
+
+    def _report_commit_failed(self) -> None:
+        for ps in list(self.partitions.values()):
+            for job in sorted(ps.finished.values(), key=lambda j: j.offset):
+                if job.offset < (ps.tracker.committed or 0):
+                    continue
+                r = job.record
+                dl = DeadLetter(
+                    value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic,
+                    partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
+                    origin_topic=job.origin_topic, reason="commit-failed",
+                    exc_type="ktasks.errors.CommitError",
+                    exc_message="the task finished but its offset could not be committed",
+                    attempts=(job.message.attempt + 1) if job.message else 0, group=self.group_id,
+                    host=self.host)
+                try:
+                    publish_dead_letter(self.app, dl)
+                except Exception:
+                    logger.exception("could not report commit-failed record %s@%d", r.topic, r.offset)
+            ps.finished.clear()
+        self.app.flush(10.0)
+        self._commit_failing_since = None
+        self._commit_failures = 0
+        # Drop everything and rejoin: the next owner (maybe us) resumes from the last
+        # committed offset, and the ledger stops finished tasks from running again.
+        self._drop(list(self.partitions))
+        topics = self.topics + list(self._retry_topics)
+        self.consumer.unsubscribe()
+        self.consumer.subscribe(topics, listener=Listener(self._on_assigned, self._on_revoked, self._on_lost))
+
+    # -- rebalance (called on the rebalance helper thread) -----------------------
+    def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in tps:
+                self._epoch += 1
+                self.partitions[tp] = PartitionState(tp, self._epoch)
+
+    def _on_revoked(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            mine = [tp for tp in tps if tp in self.partitions]
+            if not mine:
+                return
+            for tp in mine:
+                self.partitions[tp].revoking = True
+            waiting = set(mine)
+            # Stop dispatching: queued records of these partitions are dropped (uncommitted,
+            # the next owner gets them); running ones may finish within the deadline.
+            self.ready = deque(j for j in self.ready if j.ps.tp not in waiting)
+            deadline = time.monotonic() + self.settings.revoke_timeout_ms / 1000.0
+            while time.monotonic() < deadline and not self._cold:
+                busy = sum(1 for c in self.pool.children for j in c.outstanding.values() if j.ps.tp in waiting)
+                pending = sum(1 for p in self.publishing if p.job.ps.tp in waiting)
+                if not busy and not pending:
+                    break
+                self._collect(0.05)
+                self._pump_publishes()
+                if pending:
+                    self.app.producer.flush(0.05)
+            else:
+                logger.warning("revoke: tasks of %s still running after %.1fs; releasing anyway (the ledger "
+                               "keeps their next owner from running them twice)",
+                               ", ".join(map(str, mine)), self.settings.revoke_timeout_ms / 1000.0)
+            # Commit before giving the partitions up, retrying retriable errors until the deadline.
+            while not self._maybe_commit(force=True, only=mine) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for tp in mine:
+                ps = self.partitions[tp]
+                logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
+            self._drop(mine)
+
+    def _on_lost(self, tps: list[TopicPartition]) -> None:
+        with self._lock:
+            self._drop([tp for tp in tps if tp in self.partitions])
+
+    def _drop(self, tps: list[TopicPartition]) -> None:
+        gone = set(tps)
+        for tp in tps:
+            self.partitions.pop(tp, None)
+        self.ready = deque(j for j in self.ready if j.ps.tp not in gone)
+        self.publishing = [p for p in self.publishing if p.job.ps.tp not in gone]
+
+    # -- shutdown -------------------------------------------------------------
+    def _shutdown(self) -> int:
+        code = EXIT_OK
+        with self._lock:
+            n = self._in_flight
+            self.ready.clear()
+            for ps in self.partitions.values():
+                if not ps.paused:
+                    self.consumer.pause(ps.tp)
+                    ps.paused = True
+        if not self._cold:
+            logger.info("warm shutdown: waiting for %d in-flight task(s) (up to %.0fs); "
+                        "signal again for a cold shutdown", n, self.settings.shutdown_timeout_ms / 1000.0)
+            deadline = time.monotonic() + self.settings.shutdown_timeout_ms / 1000.0
+            while (self._in_flight or self.publishing) and time.monotonic() < deadline and not self._cold:
+                self.consumer.poll(timeout_ms=0)
+                with self._lock:
+                    self._collect(0.05)
+                    self._check_time_limits()
+                    self._pump_publishes()
+                    if self.publishing:
+                        self.app.producer.flush(0.05)
+                    self._maybe_commit()
+        if self._cold or self._in_flight:
+            logger.warning("cold shutdown: killing %d running task(s); they will be redelivered",
+                           self._in_flight)
+            self.pool.terminate()
+            code = EXIT_COLD
+        with self._lock:
+            for _ in range(3):
+                if self._maybe_commit(force=True):
+                    break
+                time.sleep(0.2)
+            committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
+                         for tp, ps in sorted(self.partitions.items()) if ps.tracker.committed is not None}
+            self.partitions.clear()
+        # close() leaves the group, so the others take our partitions over at once.
+        self.consumer.close(timeout_ms=10000)
+        self.pool.stop(timeout_s=10.0)
+        self.app.flush(10.0)
+        self._log_summary(committed)
+        return code
+
+    def _log_summary(self, committed: dict[str, Any]) -> None:
+        s = self.stats
+        elapsed = time.monotonic() - s.started_at
+        done = s.succeeded + s.skipped
+        logger.info(
+            "worker stopped after %.1fs: %d succeeded, %d skipped (already done), %d retried, "
+            "%d dead-lettered, %d lost children, %d children replaced; %.1f tasks/s; committed %s",
+            elapsed, s.succeeded, s.skipped, s.retried, s.dead_lettered, s.lost, self.pool.replaced,
+            done / elapsed if elapsed > 0 else 0.0, committed or "nothing")
