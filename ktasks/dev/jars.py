@@ -272,8 +272,8 @@ def _download(version: str, final: Path) -> None:
     try:
         (tmp / "pom.xml").write_text(_POM.format(kafka=version, scala=_SCALA_VERSION,
                                                  log4j=_LOG4J_VERSION, slf4j=_SLF4J_VERSION))
-        cmd = [mvn, "-B", "-q", "dependency:copy-dependencies", "-DoutputDirectory=libs",
-               "-DincludeScope=runtime"]
+        cmd = [mvn, "-B", "-q", "-Dstyle.color=never", "dependency:copy-dependencies",
+               "-DoutputDirectory=libs", "-DincludeScope=runtime"]
         try:
             with open(mvn_log, "wb") as out:
                 proc = subprocess.run(cmd, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out,
@@ -315,9 +315,11 @@ def _find_mvn() -> str:
 
 
 def _mvn_error(output: str) -> str:
-    """The most telling line of mvn's output, without its ``[ERROR]`` prefix."""
+    """The most telling line of mvn's output, without its ``[ERROR]`` prefix nor ``-> [Help 1]``."""
+    output = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", output)  # mvn prints colour resets even in batch mode
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    errors = [line.removeprefix("[ERROR]").strip() for line in lines if line.startswith("[ERROR]")]
+    errors = [re.sub(r"\s*-> \[Help \d+\]$", "", line.removeprefix("[ERROR]")).strip()
+              for line in lines if line.startswith("[ERROR]")]
     errors = [line for line in errors if line and not line.startswith(("->", "To see", "Re-run", "For more"))]
     if errors:
         return errors[0][:400]

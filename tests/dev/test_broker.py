@@ -275,15 +275,17 @@ def test_jar_resolution_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(DevBrokerError, match="mvn not found on PATH"):
         broker.up()
 
-    failing_mvn = script(tmp_path / "mvn", 'echo "[INFO] Scanning for projects..."',
-                         'echo "[ERROR] Failed to execute goal: Could not resolve dependencies"',
-                         'echo "[ERROR] -> [Help 1]"', "exit 1")
+    failing_mvn = script(tmp_path / "mvn",  # the shape of mvn 3.8's output, colour resets included
+                         r"printf '\033[0m\033[0m[ERROR] Failed to execute goal: Could not resolve "
+                         r"dependencies for project x -> [Help 1]\n'",
+                         'echo "[ERROR] "', 'echo "[ERROR] To see the full stack trace of the errors"',
+                         "exit 1")
     monkeypatch.setenv("KTASKS_MVN", str(failing_mvn))
     with pytest.raises(DevBrokerError) as failure:
         broker.up()
     message = str(failure.value)
     assert f"could not resolve Kafka {KAFKA_VERSION} jars" in message
-    assert "Could not resolve dependencies" in message
+    assert "mvn exit code 1): Failed to execute goal: Could not resolve dependencies for project x; see" in message
     assert str(cache / f"kafka-{KAFKA_VERSION}.mvn.log") in message
     # Nothing half-done is left to be mistaken for a complete download.
     assert sorted(p.name for p in cache.iterdir()) == [f"kafka-{KAFKA_VERSION}.lock",
