@@ -95,3 +95,5 @@ def unique(request: pytest.FixtureRequest) -> UniqueNames:
         return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
 
     return make
+
+pytest_plugins = ["tests.fixtures.app", "tests.fixtures.worker"]
