@@ -123,9 +123,11 @@ class Child:
         log_extra = task_extra(msg.task, msg.id, topic, partition, offset)
         key = msg.ledger_key
         if self.ledger is not None:
-            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(),
-                                         host=self.host, pid=self.pid)
-            if decision.kind == "skip" and not force:
+            # The same key may be running in a sibling (enqueued twice): wait for it, then skip.
+            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
+                                         pid=self.pid, force=force,
+                                         wait_running_s=min(60.0, task.options.time_limit_s or 60.0))
+            if decision.kind == "skip":
                 logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
                             msg.task, msg.id, key, extra=log_extra)
                 return [seq, SKIP, 0.0, None, None, None, None]
