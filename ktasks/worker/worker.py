@@ -434,7 +434,8 @@ class Worker:
         r = job.record
         dl = DeadLetter(
             value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic, partition=r.partition,
-            offset=r.offset, timestamp_ms=r.timestamp, origin_topic=job.origin_topic, reason=reason,
+            offset=r.offset, timestamp_ms=r.timestamp, timestamp_type=r.timestamp_type,
+            origin_topic=job.origin_topic, reason=reason,
             exc_type=exc_type, exc_message=exc_message, stacktrace=stacktrace,
             attempts=(job.message.attempt + 1) if job.message else 0, group=self.group_id, host=self.host,
         )
@@ -552,6 +553,7 @@ class Worker:
                 dl = DeadLetter(
                     value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic,
                     partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
+                    timestamp_type=r.timestamp_type,
                     origin_topic=job.origin_topic, reason="commit-failed",
                     exc_type="ktasks.errors.CommitError",
                     exc_message="the task finished but its offset could not be committed",
