@@ -54,6 +54,7 @@ class TaskOptions:
     soft_time_limit_s: float | None = None
     time_limit_s: float | None = None
     max_starts: int | None = None
+    ledger_transaction: bool = False
 
     @classmethod
     def build(cls, name: str, options: Mapping[str, Any]) -> TaskOptions:
@@ -77,6 +78,9 @@ class TaskOptions:
         for key in ("retry_backoff_s", "retry_backoff_max_s", "soft_time_limit_s", "time_limit_s"):
             if opts.get(key) is not None and (not isinstance(opts[key], (int, float)) or opts[key] < 0):
                 raise ConfigurationError(f"task {name!r}: {key} must be a non-negative number of seconds")
+        if opts.get("ledger_transaction") and not opts.get("bind"):
+            raise ConfigurationError(f"task {name!r}: ledger_transaction=True needs bind=True "
+                                     "(the transaction is ctx.ledger)")
         return cls(name=name, **opts)
 
 
@@ -84,9 +88,12 @@ class TaskOptions:
 class TaskContext:
     """What a bound task (``bind=True``) receives as its first argument.
 
-    ``ledger`` is the SQLite connection whose open transaction will also
-    record this execution's success: writes made through it commit together
-    with the success record, or not at all.
+    For tasks declared with ``ledger_transaction=True``, ``ledger`` is the
+    SQLite connection whose open transaction will also record this
+    execution's success: writes made through it commit together with the
+    success record, or not at all. The transaction holds the ledger's write
+    lock while the task runs (so it never fails with ``database is locked``),
+    so keep such tasks short.
     """
 
     task: Task[..., Any]

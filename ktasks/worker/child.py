@@ -145,8 +145,8 @@ class Child:
         result: Any = None
         error: BaseException | None = None
         try:
-            if task.options.bind and self.ledger is not None:
-                with self.ledger.transaction() as conn:
+            if task.options.ledger_transaction and self.ledger is not None:
+                with self.ledger.transaction(immediate=True) as conn:
                     ctx.ledger = conn
                     result = task.run(ctx)
                     faults.point("after_task", self.parent_pid)
