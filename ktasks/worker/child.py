@@ -164,7 +164,10 @@ class Child:
         duration = time.perf_counter() - t0
         self.app.middleware.after("after_task", ctx, result, error)
         if error is None:
-            logger.info("task %s[%s] succeeded in %.3fs", msg.task, msg.id, duration, extra=log_extra)
+            if logger.isEnabledFor(logging.INFO):
+                shown = repr(result)
+                logger.info("task %s[%s] succeeded in %.3fs: %s", msg.task, msg.id, duration,
+                            shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
             return [seq, OK, duration, None, None, None, None]
         return self._failed(seq, task, msg, error, duration, key, log_extra)
 
