@@ -25,7 +25,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
-from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, DeadLetter
+from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, H_REPLAY, DeadLetter
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
 from ..message import Message, decode, encode, header
@@ -42,7 +42,7 @@ EXIT_OK = 0        # warm shutdown: everything finished was committed
 EXIT_ERROR = 1     # could not start or failed
 EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be redelivered
 
-_HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, "ktasks-replay", "ktasks-last-error"}
+_HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
 
 
 @dataclass(eq=False)
@@ -68,6 +68,7 @@ class Job:
     task: Any                         # Task or None for records that never reach a child
     origin_topic: str
     force: bool = False
+    value: bytes | None = None        # what the child gets, when it differs from the record's value
 
     @property
     def offset(self) -> int:
@@ -218,6 +219,10 @@ class Worker:
             except DecodeError as exc:
                 self._dead_letter(job, "undecodable", "ktasks.errors.DecodeError", str(exc))
                 continue
+            if job.message.attempt and header(record.headers, H_REPLAY) == "1":
+                # A replay from the dead-letter topic gets a fresh retry budget.
+                job.message = replace(job.message, attempt=0)
+                job.value = encode(job.message)
             job.task = self.app.tasks.get(job.message.task)
             if job.task is None:
                 self._dead_letter(job, "unregistered", "ktasks.errors.TaskNotRegistered",
@@ -281,7 +286,7 @@ class Worker:
                     jobs.append(job)
             if not jobs:
                 return
-            payload = [[j.seq, j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
+            payload = [[j.seq, j.value or j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
                         j.task.options.soft_time_limit_s] for j in jobs]
             self.pool.dispatch(child, jobs, payload)
             self._in_flight += len(jobs)
