@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from kafka.errors import KafkaError
 
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
-from .message import Message, decode, encode, headers_of
+from .message import Message, decode, encode, headers_of, new_id
 from .middleware import Middleware, MiddlewareStack
 from .producer import ProducerHolder, translate_send_error
 from .settings import Settings
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["App"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
 
 
 class App:
@@ -50,6 +53,7 @@ class App:
         self.topics = TopicManager(self.settings, self.client_id)
         self._ensured: set[str] = set()
         self._ensure_lock = threading.Lock()
+        _apps.add(self)
 
     # -- naming ---------------------------------------------------------------
     @property
@@ -141,15 +145,21 @@ class App:
             raise EncodeError(f"task {name!r}: args must be a list or tuple, got {type(args).__name__}")
         now = time.time()
         message = Message(
-            task=name, args=list(args), kwargs=dict(kwargs or {}), id=task_id or uuid.uuid4().hex,
+            task=name, args=list(args), kwargs=dict(kwargs or {}), id=task_id or new_id(),
             attempt=attempt, idempotency_key=idempotency_key, created=now,
             due=(now + countdown_s) if countdown_s else None,
         )
         self.middleware.before("before_enqueue", message, topic, strict=True)
         value = encode(message)
         kbytes = key.encode() if isinstance(key, str) else key
+        if kbytes is not None and not isinstance(kbytes, bytes):
+            raise EncodeError(f"task {name!r}: key must be str or bytes, got {type(key).__name__}")
         hdrs = headers_of(message, headers)
-        size = len(value) + len(kbytes or b"") + sum(len(k) + len(v) for k, v in hdrs) + 128
+        size = len(value) + 128
+        if kbytes:
+            size += len(kbytes)
+        for hkey, hvalue in hdrs:
+            size += len(hkey) + len(hvalue)
         if size > self.settings.max_message_bytes:
             raise MessageTooLarge(
                 f"task {name!r}: message is {size} bytes, over max_message_bytes="
@@ -157,7 +167,8 @@ class App:
             )
         if self.settings.eager:
             return self._run_eager(decode(value), topic)
-        self.ensure_topics([topic], partitions=task.options.partitions if task else None)
+        if topic not in self._ensured:
+            self.ensure_topics([topic], partitions=task.options.partitions if task else None)
         try:
             future = self.producer.get().send(topic, value=value, key=kbytes, headers=hdrs)
         except KafkaError as exc:
@@ -210,3 +221,12 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
+
+
+def _reset_after_fork() -> None:
+    # A lock another thread held at fork time would stay held forever in the child.
+    for app in list(_apps):
+        app._ensure_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

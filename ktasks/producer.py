@@ -3,7 +3,14 @@
 Web servers fork (gunicorn, uwsgi) and so does :mod:`multiprocessing`. A
 producer's sockets and IO thread must never be shared across a fork, so the
 producer remembers the pid that built it; a forked child finds a different pid,
-drops its inherited reference without touching it, and builds its own.
+keeps its inherited copy untouched (never flushed, closed or garbage-collected
+there), and builds its own. Locks are replaced in the child right after the
+fork, so a lock another parent thread held at fork time cannot deadlock it.
+
+The producer is flushed at interpreter exit, on ``app.close()``, and at the
+exit of :mod:`multiprocessing` children (which leave through ``os._exit`` and
+skip :mod:`atexit`). A child made with a bare ``os.fork()`` that leaves through
+``os._exit`` must call ``app.flush()`` first.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import weakref
 from typing import Any
@@ -26,6 +34,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["ProducerHolder", "translate_send_error"]
 
 _holders: weakref.WeakSet[ProducerHolder] = weakref.WeakSet()
+# Producers inherited across a fork: kept referenced so that the child never
+# runs their finalizers (flush, close) against the parent's sockets.
+_inherited: list[Any] = []
+# Pid of the process that registered a multiprocessing exit finalizer.
+_mp_finalizer_pid: int | None = None
 
 
 class ProducerHolder:
@@ -66,15 +79,11 @@ class ProducerHolder:
         if producer is not None and self._pid == pid:
             return producer
         with self._lock:
-            if self._pid != pid:
-                # Inherited across fork: the parent's producer is not ours to use or close.
-                logger.debug("process %d forked from %d: building a new producer", pid, self._pid)
-                self._producer = None
-                self._pid = pid
-                self._lock = threading.Lock()
+            if self._pid != pid:  # forked without the at-fork hook (should not happen)
+                self._after_fork()
             if self._producer is None:
                 try:
-                    self._producer = KafkaProducer(**self.config())
+                    producer = KafkaProducer(**self.config())
                 except KafkaTimeoutError as exc:
                     raise BrokerUnavailable(
                         f"Kafka at {self._settings.bootstrap_servers} unreachable after "
@@ -82,7 +91,28 @@ class ProducerHolder:
                     ) from exc
                 except KafkaError as exc:
                     raise EnqueueError(f"cannot create Kafka producer: {exc}") from exc
+                # Our exit hook flushes with a longer timeout than kafka-python's own.
+                _forget_kafka_atexit(producer)
+                _register_multiprocessing_exit()
+                self._producer = producer
             return self._producer
+
+    def _after_fork(self) -> None:
+        """In a forked child: set the parent's producer aside untouched, start afresh."""
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        inherited, self._producer = self._producer, None
+        if inherited is not None:
+            logger.debug("process %d forked from %d: the parent's producer is left alone", pid, self._pid)
+            _forget_kafka_atexit(inherited)
+            try:
+                inherited._closed = True  # its close()/__del__ become no-ops in this process
+            except Exception:  # pragma: no cover - defensive: private attribute
+                pass
+            _inherited.append(inherited)
+        self._pid = pid
+        self._lock = threading.Lock()
 
     @property
     def started(self) -> bool:
@@ -95,9 +125,10 @@ class ProducerHolder:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush and close this process's producer (a no-op if none was built here)."""
+        self._after_fork()
         with self._lock:
             producer, self._producer = self._producer, None
-            if producer is not None and self._pid == os.getpid():
+            if producer is not None:
                 try:
                     producer.flush(timeout=timeout_s)
                 finally:
@@ -112,6 +143,32 @@ def translate_send_error(exc: BaseException, settings: Settings) -> EnqueueError
             f"{settings.send_timeout_ms} ms (send_timeout_ms): {exc}"
         )
     return EnqueueError(f"sending to Kafka failed: {type(exc).__name__}: {exc}")
+
+
+def _forget_kafka_atexit(producer: Any) -> None:
+    cleanup = getattr(producer, "_cleanup", None)
+    if cleanup is not None:
+        atexit.unregister(cleanup)
+
+
+def _register_multiprocessing_exit() -> None:
+    """multiprocessing children exit through ``os._exit``: flush through its finalizers instead."""
+    global _mp_finalizer_pid
+    pid = os.getpid()
+    if _mp_finalizer_pid == pid or "multiprocessing" not in sys.modules:
+        return
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _flush_all_at_exit, exitpriority=100)
+    _mp_finalizer_pid = pid
+
+
+def _reset_after_fork() -> None:
+    for holder in list(_holders):
+        holder._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register

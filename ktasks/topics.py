@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,12 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 __all__ = ["TopicManager", "TopicReport"]
+
+_managers: weakref.WeakSet[TopicManager] = weakref.WeakSet()
+# Admin clients inherited across a fork, kept referenced so the child never closes them.
+_inherited: list[Any] = []
+# CreateTopics error codes that mean "nothing to do".
+_TOPIC_ALREADY_EXISTS = 36
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,21 @@ class TopicManager:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._known: dict[str, int] = {}
+        _managers.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: leave the parent's admin client alone, start afresh."""
+        if self._pid == os.getpid():
+            return
+        if self._admin is not None:
+            _inherited.append(self._admin)
+        self._admin, self._known, self._pid = None, {}, os.getpid()
+        self._lock = threading.Lock()
 
     def admin(self) -> KafkaAdminClient:
+        """This process's admin client, built on first use."""
+        self._after_fork()
         with self._lock:
-            if self._pid != os.getpid():
-                self._admin, self._known, self._pid = None, {}, os.getpid()
             if self._admin is None:
                 cfg = self._settings.kafka_common()
                 cfg.update(client_id=f"{self._client_id}-admin",
@@ -104,13 +121,24 @@ class TopicManager:
                 t: {"num_partitions": wanted, "replication_factor": rf, "configs": dict(configs or {})}
                 for t in missing
             }
+            admin = self.admin()
             try:
-                self.admin().create_topics(spec, raise_errors=False, wait_for_metadata=True,
-                                           timeout_ms=self._settings.send_timeout_ms)
+                result = admin.create_topics(spec, raise_errors=False,
+                                             timeout_ms=self._settings.send_timeout_ms)
             except TopicAlreadyExistsError:
-                pass
+                result = {}
             except KafkaError as exc:
                 raise TopicError(f"creating topics {missing}: {exc}") from exc
+            for entry in result.get("topics", ()):
+                code = entry.get("error_code") or 0
+                if code and code != _TOPIC_ALREADY_EXISTS:
+                    raise TopicError(
+                        f"creating topic {entry.get('name')!r} ({wanted} partitions, replication factor "
+                        f"{rf}): {entry.get('error_message') or 'error code ' + str(code)}")
+            try:
+                admin.wait_for_topics(missing, timeout_ms=max(self._settings.send_timeout_ms, 10000))
+            except KafkaError as exc:
+                raise TopicError(f"topics {missing} created but not ready: {exc}") from exc
             for topic in missing:
                 self._known.pop(topic, None)
                 have = self.partitions_of(topic)
@@ -129,7 +157,17 @@ class TopicManager:
         return report
 
     def close(self) -> None:
+        """Close this process's admin client (a no-op if none was built here)."""
+        self._after_fork()
         with self._lock:
-            if self._admin is not None and self._pid == os.getpid():
+            if self._admin is not None:
                 self._admin.close()
             self._admin = None
+
+
+def _reset_after_fork() -> None:
+    for manager in list(_managers):
+        manager._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,132 @@
+"""``ktasks topics create|list``: the app's topics, ahead of time.
+
+``create`` makes every topic the app uses: each task topic, its retry topics
+(one per delay tier) and its dead-letter topic, with the configured partitions
+and replication factor. A topic that already exists is reported and never
+changed; one with fewer partitions than configured gets a WARNING line, since
+adding partitions would move keys to other partitions and break per-key order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import click
+
+from ..app import App
+from ..errors import KtasksError
+from ..topics import TopicReport
+from ._app import app_option, load_app
+
+__all__ = ["COMMANDS", "topics", "planned_topics", "PlannedTopic"]
+
+
+@dataclass(frozen=True)
+class PlannedTopic:
+    """One topic the app uses: its name, role and the partitions it should have."""
+
+    name: str
+    role: str
+    partitions: int
+
+
+def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic]:
+    """Every topic of the app: task topics, then their retry tiers and dead-letter topic.
+
+    The partition count is ``partitions`` when given, else the ``partitions``
+    option of the tasks sent to that topic, else the app's ``partitions`` setting.
+    """
+    per_topic: dict[str, int] = {}
+    for task in app.tasks.values():
+        if task.options.partitions:
+            per_topic[task.topic] = max(per_topic.get(task.topic, 0), task.options.partitions)
+    plan: list[PlannedTopic] = []
+    for topic in app.task_topics():
+        wanted = partitions or per_topic.get(topic) or app.settings.partitions
+        plan.append(PlannedTopic(topic, "tasks", wanted))
+        for retry in app.retry_topics(topic):
+            plan.append(PlannedTopic(retry, "retries", wanted))
+        plan.append(PlannedTopic(app.dead_letter_topic(topic), "dead letters", wanted))
+    return plan
+
+
+@contextmanager
+def _loaded(app_spec: str) -> Iterator[App]:
+    app = load_app(app_spec)
+    try:
+        yield app
+    except KtasksError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()
+
+
+@click.group()
+def topics() -> None:
+    """Create and list the app's Kafka topics."""
+
+
+@topics.command()
+@app_option
+@click.option("--partitions", type=click.IntRange(min=1), default=None,
+              help="Partitions of topics to create. [default: the app's `partitions` setting]")
+@click.option("--replication-factor", type=click.IntRange(min=1), default=None,
+              help="Replication factor of topics to create. [default: the app's `replication_factor`]")
+def create(app_spec: str, partitions: int | None, replication_factor: int | None) -> None:
+    """Create the app's task, retry and dead-letter topics; report those that exist."""
+    with _loaded(app_spec) as app:
+        plan = planned_topics(app, partitions)
+        rf = replication_factor or app.settings.replication_factor
+        by_count: dict[int, list[str]] = {}
+        for item in plan:
+            by_count.setdefault(item.partitions, []).append(item.name)
+        reports: dict[str, TopicReport] = {}
+        for count, names in by_count.items():
+            for report in app.topics.ensure(names, partitions=count, replication_factor=rf):
+                reports[report.name] = report
+        short = 0
+        for item in plan:
+            r = reports[item.name]
+            if r.created:
+                click.echo(f"created  {r.name}  ({r.partitions} partitions, replication factor {rf}; "
+                           f"{item.role})")
+            elif r.short:
+                short += 1
+                click.echo(f"WARNING  {r.name} exists with {r.partitions} partitions, fewer than the configured "
+                           f"{r.wanted_partitions}; not changed (adding partitions moves keys to other "
+                           f"partitions and breaks per-key order)")
+            else:
+                click.echo(f"exists   {r.name}  ({r.partitions} partitions; {item.role})")
+        if short:
+            click.echo(f"{short} topic(s) have fewer partitions than configured", err=True)
+
+
+@topics.command(name="list")
+@app_option
+def list_(app_spec: str) -> None:
+    """List the app's topics with their partition counts (or `missing`)."""
+    with _loaded(app_spec) as app:
+        plan = planned_topics(app)
+        try:
+            described = app.topics.admin().describe_topics([p.name for p in plan])
+        except KtasksError:
+            raise
+        except Exception as exc:  # kafka-python errors: one line, not a traceback
+            raise click.ClickException(f"describing topics: {exc}") from exc
+        counts: dict[str, int] = {}
+        for entry in described:
+            if not entry.get("error_code") and entry.get("partitions"):
+                counts[entry.get("name", entry.get("topic"))] = len(entry["partitions"])
+        width = max(len(p.name) for p in plan)
+        for item in plan:
+            have = counts.get(item.name)
+            state = "missing" if have is None else f"{have} partitions"
+            note = ""
+            if have is not None and have < item.partitions:
+                note = f"  WARNING fewer than the configured {item.partitions}"
+            click.echo(f"{item.name:<{width}}  {state:<15} {item.role}{note}")
+
+
+COMMANDS = [topics]
