@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 from kafka.errors import KafkaError
 
+from .deadletter import H_ORIGIN_TOPIC
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
 from .message import Message, decode, encode, headers_of, new_id
 from .middleware import Middleware, MiddlewareStack
@@ -69,6 +70,11 @@ class App:
 
     def retry_topic(self, topic: str, tier_ms: int) -> str:
         return f"{topic}{self.settings.retry_suffix}-{tier_ms}ms"
+
+    def delay_tier_ms(self, delay_s: float) -> int:
+        """The retry tier for a delay: the largest tier not above it (else the smallest)."""
+        tiers = sorted(self.settings.retry_tiers_ms)
+        return max([t for t in tiers if t <= delay_s * 1000] or tiers[:1])
 
     def retry_topics(self, topic: str) -> list[str]:
         return [self.retry_topic(topic, t) for t in self.settings.retry_tiers_ms]
@@ -167,6 +173,11 @@ class App:
             )
         if self.settings.eager:
             return self._run_eager(decode(value), topic)
+        if countdown_s and countdown_s > 0:
+            # A delayed task waits in the retry topic of its delay tier, like a retry: the
+            # worker holds that partition until it is due, and the task topic never blocks.
+            hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
+            topic = self.retry_topic(topic, self.delay_tier_ms(countdown_s))
         if topic not in self._ensured:
             self.ensure_topics([topic], partitions=task.options.partitions if task else None)
         try:

@@ -418,9 +418,7 @@ class Worker:
     def _retry(self, job: Job, delay_s: float, exc_type: str | None, exc_message: str | None) -> None:
         assert job.message is not None
         message = replace(job.message, attempt=job.message.attempt + 1, due=time.time() + delay_s)
-        tiers = sorted(self.settings.retry_tiers_ms)
-        tier = max([t for t in tiers if t <= delay_s * 1000] or tiers[:1])
-        topic = self.app.retry_topic(job.origin_topic, tier)
+        topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(delay_s))
         headers = [(k, v) for k, v in job.record.headers or [] if k not in _HEADERS_NOT_CARRIED]
         headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
         headers.append(("ktasks-last-error", f"{exc_type}: {exc_message}"[:1000].encode()))

@@ -202,3 +202,26 @@ def test_dlq_replay_runs_a_fixed_task_to_success(project: Any) -> None:
     charged = wait_effects(p, "charged", 1)
     assert [e["order"] for e in charged] == ["o-1"]
     assert w.stop() == 0
+
+
+def test_countdown_delays_a_task_without_blocking_the_task_topic(project: Any) -> None:
+    p = project("""
+        @app.task(bind=True)
+        def later(ctx, n):
+            effect("later", n=n, due=ctx.message.due)
+
+        @app.task
+        def now(n):
+            effect("now", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "2")
+    w.wait_assigned()
+    handle = p.app_module.later.apply_async(args=(1,), countdown_s=1.5)
+    assert handle.topic == p.topic + ".retry-1000ms"
+    for n in range(10):
+        p.app_module.now.delay(n)
+    p.app.flush()
+    [later] = wait_effects(p, "later", 1)
+    assert later["ts"] >= later["due"], "a delayed task never runs before its due time"
+    assert max(e["ts"] for e in p.effects("now")) < later["ts"], "the task topic went on meanwhile"
+    assert w.stop() == 0
