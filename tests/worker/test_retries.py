@@ -9,7 +9,6 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from ktasks.deadletter import int_header
-
 from tests.fixtures.worker import wait_effects
 from tests.helpers import wait_until
 
