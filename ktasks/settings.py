@@ -44,7 +44,12 @@ class Setting:
             if self.nullable:
                 return None
             raise ConfigurationError(f"setting {self.name!r} ({source}) must not be None")
-        if isinstance(value, str) and self.type is not str:
+        if isinstance(value, str) and source.startswith("environment"):
+            if self.nullable and value.strip().lower() in ("", "none", "null"):
+                return None
+            if self.type is not str:
+                value = _parse_str(self, value, source)
+        elif isinstance(value, str) and self.type is not str:
             value = _parse_str(self, value, source)
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -60,6 +65,12 @@ class Setting:
                 f"setting {self.name!r} ({source}) must be one of {', '.join(map(repr, self.choices))}, "
                 f"got {value!r}"
             )
+        if self.type is list and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                         for v in value):
+            raise ConfigurationError(f"setting {self.name!r} ({source}) must be a list of positive ints, "
+                                     f"got {value!r}")
+        if self.type is list and not value:
+            raise ConfigurationError(f"setting {self.name!r} ({source}) must not be empty")
         if isinstance(value, (int, float)) and value < 0:
             raise ConfigurationError(f"setting {self.name!r} ({source}) must not be negative, got {value!r}")
         return value
