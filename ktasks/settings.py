@@ -65,11 +65,11 @@ class Setting:
                 f"setting {self.name!r} ({source}) must be one of {', '.join(map(repr, self.choices))}, "
                 f"got {value!r}"
             )
-        if self.type is list and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+        if isinstance(value, list) and not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                          for v in value):
             raise ConfigurationError(f"setting {self.name!r} ({source}) must be a list of positive ints, "
                                      f"got {value!r}")
-        if self.type is list and not value:
+        if isinstance(value, list) and not value:
             raise ConfigurationError(f"setting {self.name!r} ({source}) must not be empty")
         if isinstance(value, (int, float)) and value < 0:
             raise ConfigurationError(f"setting {self.name!r} ({source}) must not be negative, got {value!r}")
