@@ -156,6 +156,7 @@ class Worker:
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
         self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
                                                               self._on_lost))
+        self._await_metadata(all_topics)
         self.app.middleware.before("worker_started", self)
         logger.info("ready: %d children up, joining group %s", len(self.pool.children), self.group_id)
         try:
@@ -171,6 +172,17 @@ class Worker:
             raise
         self.app.middleware.after("worker_stopped", self)
         return code
+
+    def _await_metadata(self, topics: list[str]) -> None:
+        # kafka-python can lose the metadata update that subscribe() asks for: when a refresh
+        # is already in flight (the client's first one, right after bootstrap), its response,
+        # which lacks our topics, clears the "update needed" flag (see the TODO in
+        # kafka.cluster.ClusterMetadata.set_topics). The first assignment is then empty and
+        # nothing asks for metadata again for metadata_max_age_ms (5 minutes): the worker sits
+        # in the group with no partitions. Fetching our topics' partitions here, before the
+        # first poll joins the group, waits out any in-flight refresh and loads them.
+        for topic in topics:
+            self.consumer.partitions_for_topic(topic)
 
     def _iterate(self) -> None:
         busy = bool(self._in_flight or self.ready or self.publishing)
@@ -576,6 +588,7 @@ class Worker:
         topics = self.topics + list(self._retry_topics)
         self.consumer.unsubscribe()
         self.consumer.subscribe(topics, listener=Listener(self._on_assigned, self._on_revoked, self._on_lost))
+        self._await_metadata(topics)
 
     # -- rebalance (called on the rebalance helper thread) -----------------------
     def _on_assigned(self, tps: list[TopicPartition]) -> None:
