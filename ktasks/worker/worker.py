@@ -290,9 +290,12 @@ class Worker:
             size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
         else:
             size = 1
+        limit = self.settings.max_tasks_per_child
         for child in idle:
+            # A batch never takes a child past max_tasks_per_child: it is retired only once idle.
+            take = max(1, min(size, limit - child.tasks_done)) if limit else size
             jobs: list[Job] = []
-            while self.ready and len(jobs) < size:
+            while self.ready and len(jobs) < take:
                 job = self.ready.popleft()
                 if self.partitions.get(job.ps.tp) is job.ps and not job.ps.revoking:
                     jobs.append(job)
