@@ -1,0 +1,843 @@
+"""The idempotency ledger: a SQLite record of every execution on this host.
+
+Kafka redelivers. After a crash or a rebalance the new owner of a partition
+resumes from the last committed offset, so records that finished but were not
+yet committed arrive again. Before a worker runs a task it asks the ledger
+(:meth:`Ledger.begin`) under the task's idempotency key (the caller's
+``idempotency_key``, else the task id):
+
+* ``skip``: the key is recorded as succeeded; do not run it, count the offset
+  as finished.
+* ``poison``: the key was started ``max_starts`` times and never finished
+  (every attempt took its process down); it is marked ``poisoned``;
+  dead-letter it.
+* ``run``: a start is recorded, committed, and the task runs.
+
+An entry moves ``started -> succeeded``, ``started -> failed`` or
+``started -> poisoned``. A failed key runs again (the retry path owns the
+attempt count), so a recorded failure counts as a finish and resets the count
+of unfinished starts. A poisoned key stays poison until it is replayed.
+
+Several processes (the worker parent and every prefork child) use one file at
+once: WAL mode so readers never block the writer, a busy timeout so writers
+queue instead of failing, and ``BEGIN IMMEDIATE`` for every write transaction
+this module starts, so a transaction never has to upgrade a read lock to a
+write lock (in WAL mode such an upgrade fails with ``SQLITE_BUSY`` at once,
+without waiting). See docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+import traceback as _traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+
+from .errors import LedgerError
+from .message import pack, unpack
+
+if TYPE_CHECKING:
+    from .app import App
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES"]
+
+#: Version of the schema this code writes; stored in ``PRAGMA user_version``.
+SCHEMA_VERSION = 1
+#: Our table. Prefixed, because bound tasks keep their own tables in the same file.
+TABLE = "ktasks_ledger"
+#: ``PRAGMA application_id`` of a ledger file ("ktlg"), so tools can tell one from any other SQLite file.
+APPLICATION_ID = 0x6B746C67
+
+STARTED, SUCCEEDED, FAILED, POISONED = "started", "succeeded", "failed", "poisoned"
+#: Every state, in the order tools show them.
+STATES = (STARTED, SUCCEEDED, FAILED, POISONED)
+#: States that end an execution: prunable once old enough.
+FINISHED_STATES = (SUCCEEDED, FAILED, POISONED)
+
+_HOST = socket.gethostname()
+
+_COLUMNS = (
+    "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
+    "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ?"
+_INSERT_START = (
+    f"INSERT INTO {TABLE} (key, task, state, attempt, starts, total_starts, host, pid, started_at, updated_at) "
+    f"VALUES (?, ?, '{STARTED}', ?, 1, 1, ?, ?, ?, ?)"
+)
+# A new start clears the previous finish (its time, result) but keeps the last failure's
+# exception: when a key ends up poison, the failure before the crashes is the best clue.
+_UPDATE_START = (
+    f"UPDATE {TABLE} SET task = ?, state = '{STARTED}', attempt = ?, starts = ?, "
+    "total_starts = total_starts + 1, host = ?, pid = ?, started_at = ?, finished_at = NULL, "
+    "duration_s = NULL, result = NULL, note = NULL, updated_at = ? WHERE key = ?"
+)
+# Finishes are upserts: a finish without a start (eager runs, a start lost with its
+# process) still leaves a record. A finish resets ``starts``: it counts starts since
+# the last finish, which is what poison detection needs.
+_SUCCEEDED = (
+    f"INSERT INTO {TABLE} (key, state, finished_at, duration_s, result, note, updated_at) "
+    f"VALUES (?, '{SUCCEEDED}', ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(key) DO UPDATE SET state = '{SUCCEEDED}', starts = 0, "
+    "finished_at = excluded.finished_at, duration_s = excluded.duration_s, result = excluded.result, "
+    "note = excluded.note, updated_at = excluded.updated_at"
+)
+_FAILED = (
+    f"INSERT INTO {TABLE} (key, state, finished_at, exc_type, exc_message, traceback, updated_at) "
+    f"VALUES (?, '{FAILED}', ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(key) DO UPDATE SET state = '{FAILED}', starts = 0, "
+    "finished_at = excluded.finished_at, duration_s = excluded.finished_at - started_at, result = NULL, "
+    "note = NULL, exc_type = excluded.exc_type, exc_message = excluded.exc_message, "
+    "traceback = excluded.traceback, updated_at = excluded.updated_at "
+    # A success is final: a failure reported after it (an exception such as a soft time
+    # limit landing just after the commit, or a duplicate run losing) must not undo it,
+    # or the key would run again.
+    f"WHERE state != '{SUCCEEDED}'"
+)
+# Marks a key poison when begin() decides so: a redelivery of the same record is
+# dead-lettered again at once, while a replay (begin(replay=True)) starts afresh.
+_POISONED = (
+    f"UPDATE {TABLE} SET state = '{POISONED}', finished_at = ?, updated_at = ? WHERE key = ?"
+)
+# Only finished entries are pruned: an unfinished one is the evidence that makes a
+# poison message poison. ``finished_at`` is NULL while started, and indexed.
+_PRUNE = (
+    f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
+    f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINISHED_STATES)}) LIMIT ?)"
+)
+
+# Our own transaction statements carry a comment so their text differs from a task's
+# "COMMIT": the statement cache is keyed by text, and a cached statement is not shown
+# to the authorizer again (see _authorize).
+_BEGIN_IMMEDIATE = "BEGIN IMMEDIATE /* ktasks */"
+_BEGIN_DEFERRED = "BEGIN DEFERRED /* ktasks */"
+_COMMIT = "COMMIT /* ktasks */"
+_ROLLBACK = "ROLLBACK /* ktasks */"
+
+
+class Kind(str, enum.Enum):
+    """What :meth:`Ledger.begin` decided. A ``str``, so ``decision.kind == "run"`` works."""
+
+    RUN = "run"
+    SKIP = "skip"
+    POISON = "poison"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key's record, as stored.
+
+    ``state`` is one of :data:`STATES`. ``starts`` counts starts since the
+    last success or failure (kept when poisoned); ``total_starts`` counts
+    every start. ``exc_*`` and ``traceback`` describe
+    the last failure and survive a later start. ``result`` is msgpack bytes;
+    :meth:`result_value` decodes it.
+    """
+
+    key: str
+    task: str
+    state: str
+    attempt: int
+    starts: int
+    total_starts: int
+    host: str | None
+    pid: int | None
+    started_at: float | None
+    finished_at: float | None
+    duration_s: float | None
+    result: bytes | None
+    note: str | None
+    exc_type: str | None
+    exc_message: str | None
+    traceback: str | None
+    updated_at: float
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def result_value(self) -> Any:
+        """The task's return value, decoded (``None`` if none was stored)."""
+        return None if self.result is None else unpack(self.result)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for JSON output: the result decoded, bytes never."""
+        d = {name: getattr(self, name) for name in _COLUMNS}
+        try:
+            d["result"] = self.result_value()
+        except Exception as exc:  # a result written by a newer ktasks, say
+            d["result"] = None
+            d["note"] = f"result not decodable: {exc}"
+        return d
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer of :meth:`Ledger.begin`.
+
+    ``entry`` is the key's record as it was *before* this call (``None`` for
+    a new key); ``starts`` is the number of unfinished starts now, including
+    the one just recorded when ``kind`` is ``run``.
+    """
+
+    kind: Kind
+    entry: Entry | None
+    starts: int
+
+    @property
+    def run(self) -> bool:
+        return self.kind is Kind.RUN
+
+
+def _is_busy(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return (code & 0xFF) in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (named in sqlite3 only from 3.11)
+    msg = str(exc)
+    return "locked" in msg or "busy" in msg
+
+
+def _ledger_error(what: str, exc: BaseException) -> LedgerError:
+    err = LedgerError(f"ledger: {what}: {exc}")
+    # Lock timeouts may clear on their own; a corrupt or unwritable file will not.
+    err.retriable = _is_busy(exc)
+    return err
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie answers kill(0) but runs nothing
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Ledger:
+    """One process's handle on the ledger file.
+
+    Open one per process (a connection must not cross ``fork()``) and use it
+    from the thread that opened it. Creating it creates the directory, the
+    file and the schema if needed; any number of processes may open the same
+    file at once.
+
+    Writes of finishes (:meth:`succeeded` without ``conn``, :meth:`failed`)
+    are buffered and made durable by :meth:`flush`, or by a :meth:`begin`
+    once ``max_pending`` are buffered or when the key begun has one; call
+    :meth:`flush` before acknowledging anything. Starts and transactional
+    successes are committed before the call returns.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout_ms: int = 30000,
+                 max_result_bytes: int = 1 << 20, max_pending: int = 256) -> None:
+        self.path = Path(os.path.expanduser(os.fspath(path)))
+        self.busy_timeout_ms = busy_timeout_ms
+        self.max_result_bytes = max_result_bytes
+        self.max_pending = max_pending
+        self._pid = os.getpid()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._pending_keys: set[str] = set()
+        self._in_user_tx = False
+        self._tx_changes = 0
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: the driver opens no transactions of its own; we
+            # issue BEGIN IMMEDIATE/DEFERRED explicitly and know which one we hold.
+            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000.0,
+                                         isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise _ledger_error(f"cannot open {self.path}", exc) from exc
+        try:
+            self._configure()
+            _migrate(self._conn, self.path)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._conn.set_authorizer(self._authorize)
+
+    def _configure(self) -> None:
+        conn = self._conn
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000.0
+        while True:
+            # Switching a new file to WAL needs a moment of exclusive access; when
+            # several processes create the file at once, some see "locked".
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise _ledger_error(f"cannot enable WAL on {self.path}", exc) from exc
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise LedgerError(f"ledger: {self.path} cannot use WAL mode (got {mode!r}); "
+                              "is it on a network file system?")
+        # NORMAL in WAL mode: a commit survives a crash of the process (what the
+        # ledger guards against); only a power loss can undo the last commits.
+        conn.execute("PRAGMA synchronous = NORMAL")
+
+    # -- construction helpers ---------------------------------------------------
+    @staticmethod
+    def default_path(group_id: str) -> Path:
+        """``$XDG_STATE_HOME/ktasks/<group>.ledger.sqlite3`` (``~/.local/state`` by default)."""
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", group_id) or "_"
+        return Path(state) / "ktasks" / f"{safe}.ledger.sqlite3"
+
+    @staticmethod
+    def path_for_app(app: App) -> Path:
+        """The ledger file an app's workers use: ``ledger_path``, else :meth:`default_path`."""
+        configured = app.settings.ledger_path
+        if configured:
+            return Path(os.path.expanduser(configured))
+        return Ledger.default_path(app.group_id)
+
+    @classmethod
+    def for_app(cls, app: App) -> Ledger:
+        """Open the ledger of an app (see :meth:`path_for_app`)."""
+        return cls(cls.path_for_app(app))
+
+    # -- the worker's protocol ----------------------------------------------------
+    def begin(self, key: str, task: str, attempt: int, max_starts: int, *, host: str | None = None,
+              pid: int | None = None, wait_running_s: float = 0.0, replay: bool = False,
+              force: bool = False) -> Decision:
+        """Decide whether to run ``key``, and record the start if so.
+
+        Returns a :class:`Decision` of kind ``skip`` (recorded as succeeded),
+        ``poison`` (``max_starts`` unfinished starts already, ``0`` meaning no
+        limit, or marked poisoned before; the entry is marked ``poisoned``) or
+        ``run`` (a start is committed before this returns).
+
+        ``wait_running_s``: when the key is started right now by another live
+        process on this host (the same key enqueued twice and picked up by two
+        children), wait up to this long for it to finish before deciding, so
+        the duplicate is skipped instead of run twice. 0 (the default) decides
+        at once, which may run both.
+
+        ``replay`` (a record republished by ``ktasks dlq replay``): a key
+        marked poisoned runs again, its count of unfinished starts beginning
+        afresh; the operator has fixed the cause. A succeeded key is still
+        skipped. ``force`` (``replay --force``): run whatever the entry says.
+        """
+        self._check_usable("begin")
+        if self._in_user_tx:
+            raise LedgerError("ledger: begin() inside transaction()")
+        self._ensure_idle()
+        host = _HOST if host is None else host
+        pid = os.getpid() if pid is None else pid
+        deadline = time.monotonic() + wait_running_s
+        delay = 0.01
+        while True:
+            decision, running = self._begin_once(key, task, attempt, max_starts, host, pid,
+                                                 wait=time.monotonic() < deadline, replay=replay,
+                                                 force=force)
+            if decision is not None:
+                return decision
+            logger.debug("ledger: %s is running in pid %s; waiting", key, running)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _begin_once(self, key: str, task: str, attempt: int, max_starts: int, host: str, pid: int,
+                    wait: bool, replay: bool, force: bool) -> tuple[Decision | None, int | None]:
+        conn = self._conn
+        now = time.time()
+        try:
+            conn.execute(_BEGIN_IMMEDIATE)
+            try:
+                # Buffered finishes wait for flush(): written together they touch few
+                # pages, and a start stays a small transaction. They ride along here
+                # only when this key has one (it must be seen) or the buffer is full.
+                carried = bool(self._pending) and (key in self._pending_keys
+                                                   or len(self._pending) >= self.max_pending)
+                if carried:
+                    self._write_pending()
+                row = conn.execute(_SELECT, (key,)).fetchone()
+                entry = None if row is None else Entry(*row)
+                if entry is None:
+                    conn.execute(_INSERT_START, (key, task, attempt, host, pid, now, now))
+                    decision = Decision(Kind.RUN, None, 1)
+                elif force or (replay and entry.state == POISONED):
+                    conn.execute(_UPDATE_START, (task, attempt, 1, host, pid, now, now, key))
+                    decision = Decision(Kind.RUN, entry, 1)
+                elif entry.state == SUCCEEDED:
+                    decision = Decision(Kind.SKIP, entry, 0)
+                elif entry.state == POISONED:
+                    decision = Decision(Kind.POISON, entry, entry.starts)
+                elif (wait and entry.state == STARTED and entry.host == host and entry.pid
+                      and entry.pid not in (pid, os.getpid()) and _pid_alive(entry.pid)):
+                    # Checked before poison: a start whose process still runs is no crash.
+                    # Write our buffered finishes before waiting, so two processes waiting
+                    # for each other's buffered successes cannot deadlock.
+                    if not carried:
+                        self._write_pending()
+                    conn.execute(_COMMIT)
+                    self._clear_pending()
+                    return None, entry.pid
+                elif entry.state == STARTED and 0 < max_starts <= entry.starts:
+                    conn.execute(_POISONED, (now, now, key))
+                    decision = Decision(Kind.POISON, entry, entry.starts)
+                else:
+                    conn.execute(_UPDATE_START, (task, attempt, entry.starts + 1, host, pid, now, now, key))
+                    decision = Decision(Kind.RUN, entry, entry.starts + 1)
+                conn.execute(_COMMIT)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute(_ROLLBACK)
+                raise
+        except sqlite3.Error as exc:
+            raise _ledger_error(f"begin({key!r})", exc) from exc
+        if carried:
+            self._clear_pending()
+        if decision.kind is Kind.POISON:
+            logger.warning("ledger: %s (%s) started %d times without finishing: poison",
+                           key, task, decision.starts)
+        elif decision.kind is Kind.SKIP:
+            logger.debug("ledger: %s already succeeded; skipping", key)
+        return decision, None
+
+    @contextlib.contextmanager
+    def transaction(self, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        """A transaction for a bound task's own writes and its success record.
+
+        Yields the ledger's connection (the worker hands it to the task as
+        ``ctx.ledger``); call :meth:`succeeded` with ``conn=`` inside the block.
+        Leaving the block commits the task's writes and the success together;
+        an exception rolls both back. The task must not end the transaction
+        itself: ``COMMIT``, ``ROLLBACK`` and ``BEGIN`` are refused inside the
+        block (savepoints are fine).
+
+        The transaction is DEFERRED: no lock is held until the first write, so
+        a long task that never writes does not stall other processes. A task
+        that *reads, then writes* may get ``database is locked`` at its first
+        write if another process committed in between (SQLite cannot upgrade a
+        stale snapshot); the task then fails, with nothing committed, and is
+        retried as its policy says. Tasks that read-then-write under contention should write
+        first, or run with ``immediate=True``, which takes the write lock at
+        once and holds it for the whole task.
+        """
+        self._check_usable("transaction")
+        if self._in_user_tx:
+            raise LedgerError("ledger: transaction() cannot be nested")
+        self._ensure_idle()
+        conn = self._conn
+        try:
+            conn.execute(_BEGIN_IMMEDIATE if immediate else _BEGIN_DEFERRED)
+        except sqlite3.Error as exc:
+            raise _ledger_error("cannot begin a transaction", exc) from exc
+        self._tx_changes = conn.total_changes
+        self._in_user_tx = True
+        committing = False
+        try:
+            yield conn
+            self._in_user_tx = False
+            committing = True
+            conn.execute(_COMMIT)
+        except BaseException as exc:
+            # Also reached by an exception from a signal handler (a soft time limit)
+            # between the task's return and the commit: never leave it open.
+            self._in_user_tx = False
+            if conn.in_transaction:
+                conn.execute(_ROLLBACK)
+            if committing and isinstance(exc, sqlite3.Error):
+                raise _ledger_error("cannot commit a task's transaction", exc) from exc
+            raise
+
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, db: str | None,
+                   source: str | None) -> int:
+        # Runs when SQLite prepares a statement. Inside transaction(), a task's own
+        # COMMIT (or ``with conn:``) would commit its writes without the success
+        # record, breaking exactly-once; refuse it loudly instead.
+        if self._in_user_tx and action == sqlite3.SQLITE_TRANSACTION:
+            logger.error("ledger: a task tried to %s the ledger transaction; the worker commits it "
+                         "together with the success record", arg1 or "end")
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    def succeeded(self, key: str, result: Any, duration_s: float, *,
+                  conn: sqlite3.Connection | None = None) -> None:
+        """Record that ``key`` succeeded, returning ``result``.
+
+        With ``conn`` (inside :meth:`transaction`) the record joins that
+        transaction and commits with it. Without, it is buffered until
+        :meth:`flush` (see the class docs). A result that msgpack cannot
+        encode, or larger than ``max_result_bytes``, is stored as ``None``
+        with a note; that never fails the task.
+        """
+        self._check_usable("succeeded")
+        encoded, note = self._encode_result(key, result)
+        params = (key, time.time(), float(duration_s), encoded, note, time.time())
+        if conn is None:
+            self._buffer(key, _SUCCEEDED, params)
+            return
+        self._succeeded_in_tx(conn, key, params)
+
+    def _succeeded_in_tx(self, conn: sqlite3.Connection, key: str, params: tuple[Any, ...]) -> None:
+        # Our own statements run with the guard off: the authorizer must only see the task's.
+        guarded, self._in_user_tx = self._in_user_tx, False
+        try:
+            if not conn.in_transaction:
+                raise LedgerError("ledger: succeeded(conn=...) outside an open transaction")
+            try:
+                conn.execute(_SUCCEEDED, params)
+            except sqlite3.OperationalError as exc:
+                # BUSY here means this transaction holds no write lock, so the task wrote
+                # nothing through the ledger: it only read, and its snapshot went stale.
+                # With nothing to keep atomic, record the success on its own and hand the
+                # block a fresh, empty transaction to commit.
+                if not _is_busy(exc) or conn is not self._conn or conn.total_changes != self._tx_changes:
+                    raise _ledger_error(f"succeeded({key!r})", exc) from exc
+                conn.execute(_ROLLBACK)
+                try:
+                    conn.execute(_BEGIN_IMMEDIATE)
+                    conn.execute(_SUCCEEDED, params)
+                    conn.execute(_COMMIT)
+                except sqlite3.Error as exc2:
+                    if conn.in_transaction:
+                        conn.execute(_ROLLBACK)
+                    raise _ledger_error(f"succeeded({key!r})", exc2) from exc2
+                finally:
+                    conn.execute(_BEGIN_DEFERRED)
+                    self._tx_changes = conn.total_changes
+            except sqlite3.Error as exc:
+                raise _ledger_error(f"succeeded({key!r})", exc) from exc
+        finally:
+            self._in_user_tx = guarded
+
+    def _encode_result(self, key: str, result: Any) -> tuple[bytes | None, str | None]:
+        try:
+            encoded = pack(result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            logger.info("ledger: result of %s not stored: %s", key, exc)
+            return None, f"result not encodable: {exc}"
+        if len(encoded) > self.max_result_bytes:
+            return None, f"result not stored: {len(encoded)} bytes > max_result_bytes {self.max_result_bytes}"
+        return encoded, None
+
+    def failed(self, key: str, exc: BaseException, tb: str | None = None) -> None:
+        """Record that this attempt of ``key`` raised ``exc`` (buffered, like :meth:`succeeded`).
+
+        ``tb`` defaults to the traceback carried by ``exc``. A failed key runs
+        again when it comes back (the retry path decides whether it does).
+        """
+        self._check_usable("failed")
+        if tb is None and exc.__traceback__ is not None:
+            tb = "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            message = str(exc)
+        except Exception:  # a broken __str__ must not lose the record
+            message = repr(exc)
+        now = time.time()
+        self._buffer(key, _FAILED, (key, now, _qualname(exc), message, tb, now))
+
+    def _buffer(self, key: str, sql: str, params: tuple[Any, ...]) -> None:
+        self._pending.append((sql, params))
+        self._pending_keys.add(key)
+
+    def _write_pending(self) -> None:
+        for sql, params in self._pending:
+            self._conn.execute(sql, params)
+
+    def _clear_pending(self) -> None:
+        self._pending.clear()
+        self._pending_keys.clear()
+
+    def flush(self) -> None:
+        """Make every buffered finish durable, in one transaction.
+
+        On failure the records stay buffered (and this raises
+        :class:`~ktasks.errors.LedgerError`), so nothing is lost silently.
+        """
+        self._check_usable("flush")
+        if not self._pending:
+            return
+        if self._in_user_tx:
+            raise LedgerError("ledger: flush() inside transaction()")
+        self._ensure_idle()
+        conn = self._conn
+        try:
+            conn.execute(_BEGIN_IMMEDIATE)
+            try:
+                self._write_pending()
+                conn.execute(_COMMIT)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute(_ROLLBACK)
+                raise
+        except sqlite3.Error as exc:
+            raise _ledger_error("flush", exc) from exc
+        self._clear_pending()
+
+    @property
+    def pending(self) -> int:
+        """Buffered finishes not yet written."""
+        return len(self._pending)
+
+    # -- reading and maintenance --------------------------------------------------
+    def get(self, key: str) -> Entry | None:
+        """The record of ``key``, or ``None``. Flushes first if ``key`` has a buffered finish."""
+        self._check_usable("get")
+        if key in self._pending_keys and not self._in_user_tx:
+            self.flush()
+        try:
+            row = self._conn.execute(_SELECT, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _ledger_error(f"get({key!r})", exc) from exc
+        return None if row is None else Entry(*row)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by state, total, file sizes and the oldest times (a full scan: for tools, not hot paths)."""
+        self._check_usable("stats")
+        if self._pending and not self._in_user_tx:
+            self.flush()
+        conn = self._conn
+        try:
+            by_state = {state: 0 for state in STATES}
+            for state, count in conn.execute(f"SELECT state, count(*) FROM {TABLE} GROUP BY state"):
+                by_state[state] = count
+            oldest_finished = conn.execute(f"SELECT min(finished_at) FROM {TABLE}").fetchone()[0]
+            oldest_started = conn.execute(
+                f"SELECT min(started_at) FROM {TABLE} WHERE state = '{STARTED}'").fetchone()[0]
+            max_starts_seen = conn.execute(
+                f"SELECT max(starts) FROM {TABLE} WHERE state = '{STARTED}'").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise _ledger_error("stats", exc) from exc
+        oldest = min((t for t in (oldest_finished, oldest_started) if t is not None), default=None)
+        return {
+            "path": str(self.path),
+            "schema_version": version,
+            "total": sum(by_state.values()),
+            "by_state": by_state,
+            "size_bytes": _size(self.path),
+            "wal_bytes": _size(Path(str(self.path) + "-wal")),
+            "oldest_entry_at": oldest,
+            "oldest_finished_at": oldest_finished,
+            "oldest_unfinished_at": oldest_started,
+            "most_unfinished_starts": max_starts_seen or 0,
+        }
+
+    def prune(self, older_than_s: float, batch: int = 5000, *, pause_s: float = 0.005,
+              stop: Callable[[], bool] | None = None) -> int:
+        """Delete finished entries that finished more than ``older_than_s`` ago; returns how many.
+
+        Deletes ``batch`` rows per transaction and pauses ``pause_s`` between
+        transactions, so task processing never waits long for the write lock.
+        Unfinished entries are kept (they are how poison is recognised);
+        :meth:`forget` removes one. ``stop`` is polled between batches.
+        """
+        self._check_usable("prune")
+        if self._in_user_tx:
+            raise LedgerError("ledger: prune() inside transaction()")
+        self.flush()
+        cutoff = time.time() - older_than_s
+        total = 0
+        conn = self._conn
+        while True:
+            try:
+                conn.execute(_BEGIN_IMMEDIATE)
+                try:
+                    deleted = conn.execute(_PRUNE, (cutoff, batch)).rowcount
+                    conn.execute(_COMMIT)
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute(_ROLLBACK)
+                    raise
+            except sqlite3.Error as exc:
+                raise _ledger_error("prune", exc) from exc
+            total += deleted
+            if deleted < batch or (stop is not None and stop()):
+                break
+            time.sleep(pause_s)  # let queued writers take the lock between batches
+        if total:
+            logger.info("ledger: pruned %d entries finished before %s", total, time.ctime(cutoff))
+        return total
+
+    def forget(self, key: str) -> bool:
+        """Delete the record of ``key`` whatever its state, so its next delivery runs as if new."""
+        self._check_usable("forget")
+        if key in self._pending_keys:
+            self.flush()
+        try:
+            cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,))
+        except sqlite3.Error as exc:
+            raise _ledger_error(f"forget({key!r})", exc) from exc
+        return cur.rowcount > 0
+
+    def close(self) -> None:
+        """Flush buffered finishes and close the connection. Safe to call twice."""
+        if self._closed:
+            return
+        if os.getpid() != self._pid:
+            # Inherited across fork: the parent owns the connection; touching it here
+            # could corrupt its state, so drop it without a word to SQLite.
+            self._closed = True
+            return
+        try:
+            if self._pending and not self._in_user_tx:
+                self.flush()
+        finally:
+            self._closed = True
+            self._conn.close()
+
+    def _ensure_idle(self) -> None:
+        # An exception raised by a signal handler at the wrong instant (between a
+        # statement and our ROLLBACK) could leave a transaction open; the next write
+        # would then fail with "cannot start a transaction within a transaction".
+        if self._conn.in_transaction and not self._in_user_tx:
+            logger.warning("ledger: rolling back a transaction left open by an interrupted call")
+            self._conn.execute(_ROLLBACK)
+
+    def _check_usable(self, what: str) -> None:
+        if self._closed:
+            raise LedgerError(f"ledger: {what}() on a closed ledger")
+        if os.getpid() != self._pid:
+            raise LedgerError(f"ledger: opened in pid {self._pid}, used in pid {os.getpid()} after fork; "
+                              "open a Ledger in each process")
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Ledger {self.path}>"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# -- schema ---------------------------------------------------------------------------
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db.create_table(
+        TABLE,
+        {
+            "key": str, "task": str, "state": str, "attempt": int, "starts": int, "total_starts": int,
+            "host": str, "pid": int, "started_at": float, "finished_at": float, "duration_s": float,
+            "result": bytes, "note": str, "exc_type": str, "exc_message": str, "traceback": str,
+            "updated_at": float,
+        },
+        pk="key",
+        not_null={"task", "state", "attempt", "starts", "total_starts", "updated_at"},
+        defaults={"task": "", "attempt": 0, "starts": 0, "total_starts": 0},
+    )
+    # Prune and "oldest finished" walk this index instead of scanning the table.
+    db.table(TABLE).create_index(["finished_at"], index_name=f"{TABLE}_finished_at")
+
+
+#: Migration to version N is ``_MIGRATIONS[N]``; each runs in the transaction that bumps the version.
+_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1}
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return  # the common case: no write lock needed
+        # IMMEDIATE: processes opening a new file at once queue here, and each
+        # re-reads the version under the lock, so exactly one creates the schema.
+        conn.execute(_BEGIN_IMMEDIATE)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"ledger: {path} has schema version {version}; this ktasks "
+                                  f"understands up to {SCHEMA_VERSION} (upgrade ktasks)")
+            if version == 0:
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                if app_id not in (0, APPLICATION_ID) or TABLE in tables:
+                    raise LedgerError(f"ledger: {path} is not a ktasks ledger")
+            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[v](db)
+                logger.info("ledger: %s migrated to schema version %d", path, v)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(_COMMIT)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(_ROLLBACK)
+            raise
+    except sqlite3.Error as exc:
+        raise _ledger_error(f"cannot create the schema in {path}", exc) from exc
+
+
+# -- retention --------------------------------------------------------------------------
+class Pruner(threading.Thread):
+    """Daemon thread that prunes finished entries older than ``retention_s`` every ``interval_s``.
+
+    The worker parent starts one. It opens its own connection (in the thread)
+    and deletes in small batches, so children writing starts and finishes
+    wait at most one batch. Errors are logged and retried next round.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], retention_s: float, *, interval_s: float = 600.0,
+                 batch: int = 5000, busy_timeout_ms: int = 30000) -> None:
+        super().__init__(name="ktasks-ledger-pruner", daemon=True)
+        self.path = path
+        self.retention_s = retention_s
+        self.interval_s = interval_s
+        self.batch = batch
+        self.busy_timeout_ms = busy_timeout_ms
+        self.pruned = 0
+        self.rounds = 0
+        self._stop_event = threading.Event()
+
+    @classmethod
+    def for_app(cls, app: App, **kwargs: Any) -> Pruner:
+        """A pruner for the app's ledger with its ``ledger_retention_s``."""
+        return cls(Ledger.path_for_app(app), app.settings.ledger_retention_s, **kwargs)
+
+    def run(self) -> None:
+        ledger: Ledger | None = None
+        # Prune once at start (a worker that restarts often still prunes), then every interval.
+        while not self._stop_event.is_set():
+            try:
+                if ledger is None:
+                    ledger = Ledger(self.path, busy_timeout_ms=self.busy_timeout_ms)
+                self.pruned += ledger.prune(self.retention_s, self.batch, stop=self._stop_event.is_set)
+            except Exception:
+                logger.exception("ledger: pruning %s failed; trying again in %.0f s", self.path, self.interval_s)
+            self.rounds += 1
+            self._stop_event.wait(self.interval_s)
+        if ledger is not None:
+            ledger.close()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Ask the thread to finish (after the current batch) and join it."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
