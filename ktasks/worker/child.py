@@ -116,7 +116,7 @@ class Child:
         self.conn.send_bytes(pack(["results", results]))
 
     def _run_one(self, seq: int, value: bytes, topic: str, partition: int, offset: int,
-                 force: bool, soft_limit_s: float | None) -> list[Any]:
+                 force: bool, soft_limit_s: float | None, replay: bool = False) -> list[Any]:
         msg = decode(value)
         task = self.app.get_task(msg.task)
         ctx = TaskContext(task=task, message=msg, topic=topic, partition=partition, offset=offset)
@@ -125,7 +125,7 @@ class Child:
         if self.ledger is not None:
             # The same key may be running in a sibling (enqueued twice): wait for it, then skip.
             decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
-                                         pid=self.pid, force=force,
+                                         pid=self.pid, force=force, replay=replay,
                                          wait_running_s=min(60.0, task.options.time_limit_s or 60.0))
             if decision.kind == "skip":
                 logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
@@ -139,8 +139,6 @@ class Child:
         faults.point("before_task", self.parent_pid)
         logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
         self.app.middleware.before("before_task", ctx)
-        if soft_limit_s:
-            signal.setitimer(signal.ITIMER_REAL, soft_limit_s)
         t0 = time.perf_counter()
         result: Any = None
         error: BaseException | None = None
@@ -148,19 +146,16 @@ class Child:
             if task.options.ledger_transaction and self.ledger is not None:
                 with self.ledger.transaction(immediate=True) as conn:
                     ctx.ledger = conn
-                    result = task.run(ctx)
+                    result = self._call(task, ctx, soft_limit_s)
                     faults.point("after_task", self.parent_pid)
                     self.ledger.succeeded(key, result, time.perf_counter() - t0, conn=conn)
             else:
-                result = task.run(ctx)
+                result = self._call(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
                 if self.ledger is not None:
                     self.ledger.succeeded(key, result, time.perf_counter() - t0)
         except Exception as exc:
             error = exc
-        finally:
-            if soft_limit_s:
-                signal.setitimer(signal.ITIMER_REAL, 0)
         duration = time.perf_counter() - t0
         self.app.middleware.after("after_task", ctx, result, error)
         if error is None:
@@ -170,6 +165,17 @@ class Child:
                             shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
             return [seq, OK, duration, None, None, None, None]
         return self._failed(seq, task, msg, error, duration, key, log_extra)
+
+    @staticmethod
+    def _call(task: Any, ctx: TaskContext, soft_limit_s: float | None) -> Any:
+        """Run the task under its soft time limit; the timer is off before anything is recorded."""
+        if not soft_limit_s:
+            return task.run(ctx)
+        signal.setitimer(signal.ITIMER_REAL, soft_limit_s)
+        try:
+            return task.run(ctx)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _failed(self, seq: int, task: Any, msg: Any, error: BaseException, duration: float, key: str,
                 log_extra: dict[str, Any]) -> list[Any]:

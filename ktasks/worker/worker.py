@@ -69,6 +69,7 @@ class Job:
     origin_topic: str
     force: bool = False
     value: bytes | None = None        # what the child gets, when it differs from the record's value
+    replay: bool = False              # replayed from the dead-letter topic
 
     @property
     def offset(self) -> int:
@@ -153,6 +154,14 @@ class Worker:
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
         self.pool.start()
         self.stats = Stats()
+        pruner = None
+        if self.settings.ledger_enabled:
+            from ..ledger import Ledger, Pruner
+
+            # Old entries go in the background; the worker's own settings (CLI flags) decide where.
+            path = self.settings.ledger_path or Ledger.default_path(self.group_id)
+            pruner = Pruner(path, self.settings.ledger_retention_s)
+            pruner.start()
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
         self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
                                                               self._on_lost))
@@ -170,6 +179,9 @@ class Worker:
             logger.exception("worker failed; killing children")
             self.pool.terminate()
             raise
+        finally:
+            if pruner is not None:
+                pruner.stop(timeout=10.0)
         self.app.middleware.after("worker_stopped", self)
         return code
 
@@ -231,7 +243,8 @@ class Worker:
             except DecodeError as exc:
                 self._dead_letter(job, "undecodable", "ktasks.errors.DecodeError", str(exc))
                 continue
-            if job.message.attempt and header(record.headers, H_REPLAY) == "1":
+            job.replay = header(record.headers, H_REPLAY) == "1"
+            if job.replay and job.message.attempt:
                 # A replay from the dead-letter topic gets a fresh retry budget.
                 job.message = replace(job.message, attempt=0)
                 job.value = encode(job.message)
@@ -302,7 +315,7 @@ class Worker:
             if not jobs:
                 return
             payload = [[j.seq, j.value or j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
-                        j.task.options.soft_time_limit_s] for j in jobs]
+                        j.task.options.soft_time_limit_s, j.replay] for j in jobs]
             self.pool.dispatch(child, jobs, payload)
             self._in_flight += len(jobs)
             if not self.ready:
