@@ -1,22 +1,50 @@
 """Logging for the worker and the CLI: readable by default, JSON for log pipelines.
 
-Every line about a task carries its name, id, partition and offset, as
-``extra`` fields: the text format shows them, the JSON format emits them as
-keys.
+Everything goes through the standard :mod:`logging` module; ktasks only
+installs one handler on the root logger (:func:`configure_logging`), so an
+application's own handlers and loggers keep working.
+
+Every line about a task carries its name, id, topic, partition and offset as
+``extra`` fields (see :func:`task_extra`): the text format appends
+``[topic/partition@offset]``, the JSON format emits them as keys. Lines that a
+task's own code logs while it runs get the same fields, through
+:func:`task_context` and the handler's :class:`TaskFieldsFilter`.
+
+``--log-format json`` writes one JSON object per line::
+
+    {"ts": "2026-11-29T10:00:00.123Z", "level": "INFO", "logger": "ktasks.worker.child",
+     "process": "child-0", "pid": 4242, "message": "task billing.charge[ab12] succeeded in 0.012s: None",
+     "task_name": "billing.charge", "task_id": "ab12", "topic": "billing.tasks", "partition": 3,
+     "offset": 1041}
+
+Other ``extra`` fields given to a log call are emitted as keys too; an
+exception adds ``exc`` (the formatted traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["configure_logging", "task_extra", "TASK_FIELDS"]
+__all__ = ["configure_logging", "task_extra", "task_context", "bind_task", "TASK_FIELDS", "TextFormatter", "JsonFormatter",
+           "TaskFieldsFilter"]
 
 TASK_FIELDS = ("task_name", "task_id", "topic", "partition", "offset")
+
+#: The task running in this process (a worker child), for lines its own code logs.
+_current_task: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "ktasks_current_task", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message", "asctime", "procname", "taskName"}
 
 
 def task_extra(task_name: str, task_id: str, topic: str | None, partition: int | None,
@@ -26,7 +54,39 @@ def task_extra(task_name: str, task_id: str, topic: str | None, partition: int |
             "offset": offset}
 
 
+def bind_task(extra: Mapping[str, Any] | None) -> None:
+    """Make ``extra`` (from :func:`task_extra`) the running task of this thread; ``None`` when it ends.
+
+    The worker child calls this around each task, so lines the task's own code
+    logs carry its fields.
+    """
+    _current_task.set(extra)
+
+
+@contextlib.contextmanager
+def task_context(extra: Mapping[str, Any]) -> Iterator[None]:
+    """While the block runs, log lines of this thread that name no task get ``extra``'s task fields."""
+    token = _current_task.set(extra)
+    try:
+        yield
+    finally:
+        _current_task.reset(token)
+
+
+class TaskFieldsFilter(logging.Filter):
+    """Adds the running task's fields (from :func:`task_context`) to records that have none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _current_task.get()
+        if current is not None and getattr(record, "task_id", None) is None:
+            for name, value in current.items():
+                setattr(record, name, value)
+        return True
+
+
 class TextFormatter(logging.Formatter):
+    """``time LEVEL [process:pid] logger: message [topic/partition@offset]``."""
+
     def __init__(self, process_name: str) -> None:
         super().__init__("%(asctime)s %(levelname)-7s [%(procname)s] %(name)s: %(message)s")
         self.process_name = process_name
@@ -40,6 +100,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, process, message, task fields, other extras."""
+
     def __init__(self, process_name: str) -> None:
         super().__init__()
         self.process_name = process_name
@@ -55,15 +117,23 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 out[name] = value
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and name not in out and not name.startswith("_"):
+                out[name] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
         return json.dumps(out, default=str)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "text", process_name: str = "main") -> None:
-    """Configure the root logger for a ktasks process (idempotent)."""
+    """Configure the root logger for a ktasks process (idempotent): one stderr handler, text or JSON."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(process_name) if fmt == "json" else TextFormatter(process_name))
+    handler.addFilter(TaskFieldsFilter())
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_ktasks", False):
