@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import faults
 from ..errors import Retry, SoftTimeLimitExceeded
-from ..logs import configure_logging, task_extra
+from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext
 
@@ -103,6 +103,7 @@ class Child:
                 results.append(self._run_one(*job))
             finally:
                 self.state[1] = 0.0
+                bind_task(None)
             now = time.monotonic()
             if i == len(batch) - 1 or now - last_sent >= RESULT_FLUSH_S:
                 self._send(results)
@@ -121,6 +122,7 @@ class Child:
         task = self.app.get_task(msg.task)
         ctx = TaskContext(task=task, message=msg, topic=topic, partition=partition, offset=offset)
         log_extra = task_extra(msg.task, msg.id, topic, partition, offset)
+        bind_task(log_extra)  # lines the task's own code logs carry its fields too
         key = msg.ledger_key
         if self.ledger is not None:
             # The same key may be running in a sibling (enqueued twice): wait for it, then skip.
