@@ -1,0 +1,121 @@
+"""``ktasks inspect`` (lag and owners of a group) and ``ktasks status`` (is the cluster there).
+
+Both are read-only: they use the admin API and never join a group or commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from ..errors import BrokerUnavailable, KtasksError
+from ..inspect import DEFAULT_TIMEOUT_S, Inspector, cluster_status, inspect_app, render_report, render_status
+from ..settings import Settings
+from ._app import load_app
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["inspect", "status", "COMMANDS"]
+
+_timeout_option = click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0.5), default=DEFAULT_TIMEOUT_S, show_default=True,
+    help="Seconds to wait for the cluster before giving up.")
+
+
+@click.command()
+@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
+              help="The ktasks App: module:attribute, or a module that defines exactly one App.")
+@click.option("--group", default=None, help="Consumer group (default: the app's).")
+@click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
+@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="With --watch, stop after this many reports.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per line with --watch).")
+@_timeout_option
+def inspect(app_spec: str, group: str | None, topics: str | None, watch: bool, interval: float,
+            count: int | None, as_json: bool, timeout_s: float) -> None:
+    """Show a group's committed offset, end offset, lag and owner for each partition.
+
+    Covers the app's task topics (per partition, with totals), their retry
+    topics (compact) and the sizes of their dead-letter topics. Lag is the
+    end offset minus the committed one; for a partition with no commit yet,
+    the end offset minus the earliest. The owner is the member the group's
+    current assignment gives the partition to: a ktasks worker's client id is
+    ``<client_id>@<host>:<pid>``. Exits 1 if the cluster cannot be reached.
+    """
+    app = load_app(app_spec)
+    wanted = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
+    shown = 0
+    tty = sys.stdout.isatty()
+    try:
+        with Inspector(app.settings, f"{app.client_id}-inspect", timeout_s) as ins:
+            while True:
+                report = inspect_app(app, group, wanted, inspector=ins)
+                if as_json:
+                    click.echo(json.dumps(report.as_dict(), sort_keys=False))
+                else:
+                    if watch and tty:
+                        click.echo("\x1b[H\x1b[2J", nl=False)   # clear the screen between reports
+                    elif shown:
+                        click.echo("")
+                    click.echo(render_report(report))
+                shown += 1
+                if not watch or (count is not None and shown >= count):
+                    break
+                sys.stdout.flush()
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except BrokerUnavailable as exc:
+        raise click.ClickException(f"cannot reach Kafka: {exc}") from exc
+    except KtasksError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close(timeout_s=2)
+
+
+@click.command()
+@click.option("-A", "--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
+              help="Show this app's topics (task, retry and dead-letter), and use its connection settings.")
+@click.option("--bootstrap-servers", default=None, metavar="HOST:PORT[,...]",
+              help="Brokers to ask (default: the app's, else KTASKS_BOOTSTRAP_SERVERS, else 127.0.0.1:9092).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_timeout_option
+def status(app_spec: str | None, bootstrap_servers: str | None, as_json: bool, timeout_s: float) -> None:
+    """Say whether the Kafka cluster is reachable, and list topics with their partition counts.
+
+    With -A, the app's topics (missing ones are shown as missing); without,
+    every topic in the cluster. Exits 1, with a one-line error, if the
+    cluster does not answer within --timeout seconds.
+    """
+    app_name = None
+    topics: list[str] | None = None
+    if app_spec:
+        app = load_app(app_spec)
+        app_name = app.name
+        settings = app.settings
+        topics = []
+        for t in app.task_topics():
+            topics += [t, *app.retry_topics(t), app.dead_letter_topic(t)]
+    else:
+        settings = Settings()
+    if bootstrap_servers:
+        settings = settings.replace(bootstrap_servers=bootstrap_servers)
+    result = cluster_status(settings, topics, app=app_name, timeout_s=timeout_s)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        if not result.reachable:
+            sys.exit(1)
+        return
+    if not result.reachable:
+        raise click.ClickException(render_status(result))
+    click.echo(render_status(result))
+
+
+COMMANDS = [inspect, status]
