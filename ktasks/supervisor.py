@@ -2,12 +2,30 @@
 
 Kept out of the CLI so the command itself stays a thin layer. The first
 SIGTERM or SIGINT asks the worker for a warm shutdown; a second one makes it
-cold. ``--reload`` runs the worker in a subprocess and restarts it, warmly,
-when the app's source changes.
+cold.
+
+``--reload`` runs the worker as a child process (``python -m ktasks worker
+...`` without ``--reload``) and watches the app's source tree with watchdog.
+When ``.py`` files are written, created, moved or deleted, and no further
+change arrives for the debounce period, the worker is stopped warmly
+(in-flight tasks finish, their offsets are committed, it leaves the group)
+and a new one starts with the new code. Nothing is lost: records the old
+worker had not finished are uncommitted, so the new one runs them. Opening or
+reading a file (an import, an editor) is not a change. A change that leaves
+a syntax error is reported and the running worker is kept until the next
+change; a new worker that fails to start is reported too, and the reloader
+waits for the next change instead of exiting.
+
+The worker child runs in its own session, so a Ctrl-C in the terminal reaches
+only the reloader, which passes it on once (warm) or, on a second Ctrl-C,
+again (cold). The child is told the reloader's pid through
+``KTASKS_SUPERVISOR_PID`` and calls :func:`die_with_supervisor`, so it shuts
+down warmly if the reloader is killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -24,10 +42,18 @@ from .worker import EXIT_ERROR, Worker
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_worker", "Reloader"]
+__all__ = ["run_worker", "Reloader", "reload_argv", "die_with_supervisor", "SUPERVISOR_ENV", "EXIT_ERROR"]
 
-IGNORED_DIRS = {"__pycache__", ".git", ".hg", ".venv", "venv", ".tox", "node_modules", ".mypy_cache",
-                ".pytest_cache", ".ruff_cache", "site-packages", "build", "dist"}
+#: Folders never watched, wherever they are under the root (hidden ones are skipped too).
+IGNORED_DIRS = {"__pycache__", ".git", ".hg", ".venv", "venv", "env", ".tox", ".nox", "node_modules",
+                ".mypy_cache", ".pytest_cache", ".ruff_cache", "site-packages", "build", "dist", ".eggs"}
+
+#: watchdog event types that mean the file's content (or existence) changed; "opened" and
+#: "closed_no_write" (someone read it, e.g. the new worker importing it) do not.
+CHANGE_EVENTS = {"created", "modified", "moved", "deleted", "closed"}
+
+#: Environment variable naming the reloader's pid in the worker it runs.
+SUPERVISOR_ENV = "KTASKS_SUPERVISOR_PID"
 
 
 def run_worker(worker: Worker) -> int:
@@ -48,61 +74,144 @@ def run_worker(worker: Worker) -> int:
             signal.signal(sig, handler)
 
 
-def _watched(path: str) -> bool:
-    parts = Path(path).parts
-    return path.endswith(".py") and not any(p in IGNORED_DIRS or p.startswith(".") for p in parts[:-1])
+def die_with_supervisor() -> None:
+    """In a worker started by :class:`Reloader`: get SIGTERM (a warm shutdown) if the reloader dies.
+
+    A no-op unless ``KTASKS_SUPERVISOR_PID`` is set. On Linux this asks the
+    kernel (``PR_SET_PDEATHSIG``); if the reloader is already gone, the
+    worker signals itself at once.
+    """
+    expected = os.environ.pop(SUPERVISOR_ENV, None)
+    if not expected:
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            logger.debug("prctl(PR_SET_PDEATHSIG) unavailable", exc_info=True)
+    if str(os.getppid()) != expected:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watched(path: str, root: Path) -> bool:
+    """Whether a change to ``path`` should restart the worker: a ``.py`` file, outside ignored folders.
+
+    Only the part of the path below ``root`` counts, so a project that itself
+    lives under a hidden or ``build`` folder is still watched.
+    """
+    if not path.endswith(".py"):
+        return False
+    p = Path(path)
+    try:
+        parts = p.relative_to(root).parts
+    except ValueError:
+        try:
+            parts = p.resolve().relative_to(root.resolve()).parts
+        except ValueError:
+            return False
+    if not parts or parts[-1].startswith("."):
+        return False
+    return not any(d in IGNORED_DIRS or d.startswith(".") for d in parts[:-1])
 
 
 class Reloader:
     """Runs ``argv`` as a child process and restarts it when ``.py`` files under ``root`` change.
 
-    Changes are debounced; a change that leaves a syntax error is reported and
-    the old worker keeps running until the next change fixes it.
+    Changes are debounced (restart once no change arrived for
+    ``debounce_s``); a change that leaves a syntax error is reported and the
+    old worker keeps running until the next change fixes it.
     """
 
-    def __init__(self, argv: Sequence[str], root: Path, debounce_s: float = 0.5) -> None:
+    def __init__(self, argv: Sequence[str], root: Path, debounce_s: float = 0.5,
+                 stop_timeout_s: float = 120.0) -> None:
         self.argv = list(argv)
         self.root = root
         self.debounce_s = debounce_s
+        self.stop_timeout_s = stop_timeout_s
         self._changed = threading.Event()
-        self._stop = False
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
         self._changed_paths: set[str] = set()
+        self._stop = False
+        self._signals = 0
+        self._proc: subprocess.Popen[bytes] | None = None
 
-    def _on_change(self, path: str) -> None:
-        if _watched(path):
-            self._changed_paths.add(path)
+    # -- watching ---------------------------------------------------------------------
+    def on_event(self, event_type: str, paths: Sequence[str]) -> None:
+        """Called by the watchdog thread for each file event."""
+        if event_type not in CHANGE_EVENTS:
+            return
+        hit = [p for p in paths if _watched(p, self.root)]
+        if hit:
+            with self._lock:
+                self._changed_paths.update(hit)
             self._changed.set()
 
-    def _syntax_errors(self) -> list[str]:
+    def _take_changes(self) -> set[str]:
+        with self._lock:
+            paths, self._changed_paths = self._changed_paths, set()
+        return paths
+
+    def _settle(self) -> None:
+        """Debounce: return once no change arrived for ``debounce_s`` (an editor finished saving)."""
+        deadline = time.monotonic() + max(10.0, 20 * self.debounce_s)
+        while not self._stop and time.monotonic() < deadline:
+            self._changed.clear()
+            if not self._changed.wait(self.debounce_s):
+                return
+
+    @staticmethod
+    def syntax_errors(paths: Sequence[str]) -> list[str]:
+        """``path:line: message`` for each file that does not compile (deleted files are skipped)."""
         errors = []
-        for path in sorted(self._changed_paths):
+        for path in sorted(paths):
             try:
                 source = Path(path).read_bytes()
             except OSError:
-                continue  # deleted
+                continue
             try:
-                compile(source, path, "exec")
+                compile(source, path, "exec", dont_inherit=True)
             except SyntaxError as exc:
                 errors.append(f"{path}:{exc.lineno}: {exc.msg}")
         return errors
 
+    # -- the child --------------------------------------------------------------------
     def _start(self) -> None:
         logger.info("reload: starting worker: %s", " ".join(self.argv))
-        self._proc = subprocess.Popen(self.argv)
+        env = dict(os.environ)
+        env[SUPERVISOR_ENV] = str(os.getpid())
+        # Its own session: a terminal's Ctrl-C reaches only us, and we pass it on exactly once.
+        self._proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
 
     def _stop_child(self) -> int | None:
+        """Stop the worker warmly; kill it if it is still running after ``stop_timeout_s``."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return proc.returncode if proc else None
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                logger.error("reload: worker did not stop within %.0fs; killing it", self.stop_timeout_s)
+                proc.kill()
+                proc.wait()
+        self._proc = None
+        return proc.returncode
 
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        self._stop = True
+        self._changed.set()
+        proc = self._proc
+        if self._signals > 1 and proc is not None and proc.poll() is None:
+            # A second Ctrl-C while the worker stops warmly: pass it on, making it cold.
+            logger.warning("reload: %s again: cold shutdown", signal.Signals(signum).name)
+            proc.send_signal(signal.SIGTERM)
+
+    # -- the loop ---------------------------------------------------------------------
     def run(self) -> int:
+        """Watch and restart until SIGTERM/SIGINT; returns the last worker's exit code."""
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -112,56 +221,56 @@ class Reloader:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.is_directory:
                     return
-                for attr in ("src_path", "dest_path"):
-                    p = getattr(event, attr, None)
-                    if p:
-                        reloader._on_change(os.fsdecode(p))
+                paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", None)) if p]
+                reloader.on_event(event.event_type, paths)
 
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            self._stop = True
-            self._changed.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         observer = Observer()
         observer.schedule(Handler(), str(self.root), recursive=True)
         observer.start()
         logger.info("reload: watching %s for changes", self.root)
-        self._start()
+        code: int | None = None
         try:
+            self._start()
             while not self._stop:
-                self._changed.wait(timeout=1.0)
+                if not self._changed.wait(timeout=1.0):
+                    proc = self._proc
+                    if proc is not None and proc.poll() is not None:
+                        logger.error("reload: worker exited with code %s; waiting for a change",
+                                     proc.returncode)
+                        code, self._proc = proc.returncode, None
+                    continue
+                self._settle()
                 if self._stop:
                     break
-                if not self._changed.is_set():
-                    if self._proc is not None and self._proc.poll() is not None:
-                        logger.error("reload: worker exited with code %s; waiting for a change",
-                                     self._proc.returncode)
-                        self._proc = None
+                paths = self._take_changes()
+                if not paths:
                     continue
-                time.sleep(self.debounce_s)  # debounce: let an editor finish writing
-                self._changed.clear()
-                errors = self._syntax_errors()
-                paths, self._changed_paths = self._changed_paths, set()
+                errors = self.syntax_errors(list(paths))
                 if errors:
                     for err in errors:
-                        logger.error("reload: syntax error, not restarting: %s", err)
-                    self._changed_paths |= paths  # check them again with the next change
+                        logger.error("reload: syntax error, not restarting (the running worker keeps "
+                                     "the previous code): %s", err)
+                    with self._lock:
+                        self._changed_paths |= paths  # checked again with the next change
                     continue
+                shown = sorted(os.path.relpath(p, self.root) for p in paths)
                 logger.info("reload: %d file(s) changed (%s); restarting the worker warmly", len(paths),
-                            ", ".join(sorted(os.path.relpath(p, self.root) for p in paths)[:5]))
+                            ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else ""))
                 self._stop_child()
-                self._start()
+                if not self._stop:
+                    self._start()
         finally:
             observer.stop()
-            code = self._stop_child()
+            stopped = self._stop_child()
+            code = stopped if stopped is not None else code
             observer.join(timeout=5)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        logger.info("reload: stopped")
         return 0 if code in (0, None) else code
 
 
 def reload_argv(argv: Sequence[str]) -> list[str]:
     """The worker's own command line without ``--reload``, to run as the child."""
     return [sys.executable, "-m", "ktasks"] + [a for a in argv if a != "--reload"]
-
-
-__all__ += ["reload_argv", "EXIT_ERROR"]

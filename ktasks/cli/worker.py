@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +25,24 @@ def _resolved_spec(spec: str, app: object) -> str:
     raise click.UsageError(f"-A {spec!r}: cannot find the app's attribute name in {module_name}")
 
 
+def _source_root(app_spec: str) -> Path:
+    """The folder ``--reload`` watches: the app module's, or its top-level package's (without importing it)."""
+    module_name = app_spec.partition(":")[0].strip()
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as exc:
+        raise click.UsageError(f"-A {app_spec!r}: {exc}") from exc
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        raise click.UsageError(f"-A {app_spec!r}: no module named {module_name!r} (searched from {cwd})")
+    root = Path(spec.origin).resolve().parent
+    while (root / "__init__.py").exists() and (root.parent / "__init__.py").exists():
+        root = root.parent
+    return root
+
+
 @click.command()
 @click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]", help="The app to run.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
@@ -38,10 +58,14 @@ def _resolved_spec(spec: str, app: object) -> str:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
 @click.option("--burst", is_flag=True, help="Drain the backlog, then exit 0.")
+@click.option("--progress/--no-progress", default=None,
+              help="With --burst: show a progress line (done, rate, lag left, ETA). "
+                   "Default: on when stderr is a terminal.")
 @click.option("--reload", "reload_", is_flag=True, help="Restart warmly when the app's source changes.")
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
            group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
-           no_ledger: bool, loglevel: str, log_format: str, burst: bool, reload_: bool) -> None:
+           no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
+           reload_: bool) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
 
     Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
@@ -52,19 +76,25 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
     if reload_:
         from ..supervisor import Reloader, reload_argv
 
-        module_name = app_spec.partition(":")[0]
-        app = load_app(app_spec)
-        module_file = getattr(sys.modules[module_name], "__file__", None)
-        root = Path(module_file).resolve().parent if module_file else Path.cwd()
-        # Watch the top-level package, not only the module's own folder.
-        while (root / "__init__.py").exists() and (root.parent / "__init__.py").exists():
-            root = root.parent
-        sys.exit(Reloader(reload_argv(sys.argv[1:]), root).run())
+        sys.exit(Reloader(reload_argv(sys.argv[1:]), _source_root(app_spec)).run())
 
-    from ..supervisor import run_worker
+    from ..supervisor import die_with_supervisor, run_worker
     from ..worker import Worker
 
+    die_with_supervisor()
     app = load_app(app_spec)
+    child_loglevel = loglevel
+    if burst and (progress if progress is not None else sys.stderr.isatty()):
+        from ..progress import BurstProgress
+
+        bar = BurstProgress()
+        bar.attach_logging()
+        app.add_middleware(bar)
+        # Children write to the same terminal without clearing the line: keep them to warnings
+        # unless a level was asked for.
+        ctx = click.get_current_context()
+        if ctx.get_parameter_source("loglevel") == click.core.ParameterSource.DEFAULT:
+            child_loglevel = "WARNING"
     overrides: dict[str, object] = {}
     if group_instance_id:
         overrides["group_instance_id"] = group_instance_id
@@ -76,7 +106,8 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         overrides["ledger_enabled"] = False
     w = Worker(app, _resolved_spec(app_spec, app), concurrency=concurrency,
                topics=[t.strip() for t in topics.split(",") if t.strip()] if topics else None,
-               group_id=group_id, loglevel=loglevel, log_format=log_format, burst=burst, overrides=overrides)
+               group_id=group_id, loglevel=child_loglevel, log_format=log_format, burst=burst,
+               overrides=overrides)
     sys.exit(run_worker(w))
 
 
