@@ -102,7 +102,7 @@ def test_every_supported_type_round_trips_through_the_broker(app, read_records):
     handle = echo.apply_async(args=list(VALUES.values()), kwargs=VALUES, idempotency_key="ikey-1",
                               countdown_s=60)
     sent = handle.wait_sent()
-    [record] = read_records(echo.topic, min_count=1)
+    [record] = read_records(handle.topic, min_count=1)
     assert (record.partition, record.offset) == (sent.partition, sent.offset)
     message = decode(record.value)
     assert message.task == "types.echo" and message.id == handle.id

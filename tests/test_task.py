@@ -47,15 +47,17 @@ def test_apply_async_options_reach_the_record(app, read_records, unique):
     handle = job.apply_async(args=(1,), kwargs={"k": "v"}, key=b"customer-1", task_id="my-id",
                              idempotency_key="charge-7", headers={"trace": "t-1", "bin": b"\x00"},
                              topic=other, countdown_s=30)
-    assert handle.id == "my-id" and handle.topic == other
+    # A countdown sends the task to the retry topic of its delay tier, to wait there.
+    assert handle.id == "my-id" and handle.topic == other + ".retry-10000ms"
     handle.wait_sent()
-    [record] = read_records(other, min_count=1)
+    [record] = read_records(handle.topic, min_count=1)
     message = decode(record.value)
     assert (message.id, message.args, message.kwargs) == ("my-id", [1], {"k": "v"})
     assert message.idempotency_key == "charge-7" and message.ledger_key == "charge-7"
     assert message.due == pytest.approx(message.created + 30)
     assert record.key == b"customer-1"
     assert header(record.headers, "trace") == "t-1" and dict(record.headers)["bin"] == b"\x00"
+    assert header(record.headers, "ktasks-origin-topic") == other
 
 
 def test_same_key_same_partition_as_kafka_pythons_murmur2(app, read_records):

@@ -41,14 +41,19 @@ def key_for_partition(partition: int, partitions: int) -> str:
     raise AssertionError("no key found")
 
 
-def owner_of(workers: list[Any], topic: str, partition: int) -> Any:
-    """The worker whose log says it was assigned ``topic/partition``."""
-    needle = f"{topic}/{partition}"
-    for w in workers:
-        for line in w.log().splitlines():
-            if "partitions assigned:" in line and any(p.strip() == needle for p in line.split(":")[-1].split(",")):
-                return w
-    return None
+def owners(admin: Any, group: str, topic: str) -> dict[int, int]:
+    """Task partition -> pid of the worker that owns it now, from the group's description."""
+    described = admin.describe_groups([group])[group]
+    if described.get("group_state") != "Stable":
+        return {}
+    found: dict[int, int] = {}
+    for member in described.get("members", []):
+        pid = int(member["client_id"].rsplit(":", 1)[1])      # client ids end in "@host:pid"
+        for assigned in member["member_assignment"]["assigned_partitions"]:
+            if assigned["topic"] == topic:
+                for partition in assigned["partitions"]:
+                    found[partition] = pid
+    return found
 
 
 def test_seed_scenario_worker_dies_after_commit_100_other_resumes_from_100(project: Any, kafka_admin: Any) -> None:
@@ -58,11 +63,11 @@ def test_seed_scenario_worker_dies_after_commit_100_other_resumes_from_100(proje
 
     # 1. Normal operation: two workers, one partition each.
     w1, w2 = p.worker("-c", "2"), p.worker("-c", "2")
-    wait_until(lambda: owner_of([w1, w2], p.topic, 0) and owner_of([w1, w2], p.topic, 1), 90,
-               message="both task partitions assigned")
-    a = owner_of([w1, w2], p.topic, 0)
-    b = owner_of([w1, w2], p.topic, 1)
-    assert a is not b, "each worker should own one task partition"
+    by_pid = {w1.pid: w1, w2.pid: w2}
+    split = wait_until(lambda: (o := owners(kafka_admin, p.group, p.topic)) and len(o) == 2
+                       and len(set(o.values())) == 2 and o, 90,
+                       message="each worker owns one task partition")
+    a, b = by_pid[split[0]], by_pid[split[1]]
 
     for n in range(100):
         step.apply_async(args=(n,), key=key0)          # partition 0: offsets 0..99
