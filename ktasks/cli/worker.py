@@ -55,13 +55,18 @@ def _source_root(app_spec: str) -> Path:
 @click.option("--ledger", "ledger_path", default=None, help="Path of the SQLite ledger.")
 @click.option("--no-ledger", is_flag=True, help="Run without the ledger (no duplicate protection).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Log level of the worker and its children.")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+              help="text: readable lines; json: one JSON object per line. Lines about a task carry its "
+                   "name, id, topic, partition and offset.")
 @click.option("--burst", is_flag=True, help="Drain the backlog, then exit 0.")
 @click.option("--progress/--no-progress", default=None,
               help="With --burst: show a progress line (done, rate, lag left, ETA). "
                    "Default: on when stderr is a terminal.")
-@click.option("--reload", "reload_", is_flag=True, help="Restart warmly when the app's source changes.")
+@click.option("--reload", "reload_", is_flag=True,
+              help="Development: restart warmly when a .py file under the app's folder changes; a syntax "
+                   "error is reported and the running worker kept.")
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
            group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
