@@ -1,0 +1,41 @@
+"""The retries example (examples/retries/run.sh) against the test broker: retries, then the dead-letter topic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_retries_example_retries_then_dead_letters(kafka_bootstrap: str, unique: Any, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        KTASKS_BOOTSTRAP_SERVERS=kafka_bootstrap,
+        KTASKS_DEFAULT_TOPIC=unique("retries"),
+        KTASKS_GROUP_ID=unique("retries"),
+        KTASKS_LEDGER_PATH=str(tmp_path / "ledger.sqlite3"),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    readme = (ROOT / "examples" / "retries" / "README.md").read_text()
+    assert "    bash examples/retries/run.sh\n" in readme
+    out = subprocess.run(["bash", str(ROOT / "examples" / "retries" / "run.sh")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=240)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    assert "5 tasks enqueued" in log
+    # 3 fetch_rate tasks fail twice each (6 retries), parse_invoice is retried twice: 8 retries.
+    assert "3 succeeded, 0 skipped (already done), 8 retried, 2 dead-lettered" in log, log[-3000:]
+    assert "(attempt 1)); retry 2/4" in log
+    assert log.count("succeeded in") == 3
+    # ktasks dlq list: the two dead letters, with their reasons.
+    listing = out.stdout[out.stdout.index("== the dead-letter topic"):]
+    rows = [line for line in listing.splitlines() if line.startswith("20")]
+    assert len(rows) == 2, listing
+    by_task = {row.split()[2]: row for row in rows}
+    assert "retries-exhausted" in by_task["tasks.parse_invoice"] and "invoice INV-7 is malformed" in listing
+    assert "not-retriable" in by_task["tasks.charge_card"]
+    assert f"2 of 2 dead letter(s) in {env['KTASKS_DEFAULT_TOPIC']}.DLT" in listing
