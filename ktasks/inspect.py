@@ -483,7 +483,7 @@ def render_report(report: GroupReport) -> str:
     if retry:
         behind = [t for t in retry if t.lag]
         lines += ["", f"retry topics: lag {sum(t.lag for t in retry)} in {len(retry)} topic(s)"
-                  + (", records waiting for their next attempt:" if behind else "")]
+                  + (", records waiting for a retry or a countdown:" if behind else "")]
         rrows = [[f"  {t.topic}", f"lag {t.lag}", f"end {t.end}",
                   "(" + ", ".join(f"{p.partition}:{p.lag}" for p in t.partitions if p.lag) + ")"]
                  for t in behind]
