@@ -255,8 +255,10 @@ class Reloader:
                         self._changed_paths |= paths  # checked again with the next change
                     continue
                 shown = sorted(os.path.relpath(p, self.root) for p in paths)
-                logger.info("reload: %d file(s) changed (%s); restarting the worker warmly", len(paths),
-                            ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else ""))
+                running = self._proc is not None and self._proc.poll() is None
+                logger.info("reload: %d file(s) changed (%s); %s", len(paths),
+                            ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else ""),
+                            "restarting the worker warmly" if running else "starting the worker")
                 self._stop_child()
                 if not self._stop:
                     self._start()

@@ -98,6 +98,27 @@ def test_reload_runs_new_code_reports_syntax_errors_and_loses_nothing(project: A
     assert w.log().count("worker stopped after") == 3
 
 
+def test_a_worker_that_cannot_start_is_reported_and_the_next_change_starts_one(project: Any) -> None:
+    p = project(SOURCE)
+    module_path: Path = p.dir / f"{p.module}.py"
+    original = module_path.read_text()
+    which = p.app_module.which
+    w = p.worker("-c", "1", "--reload")
+    w.wait_assigned()
+    # Compiles, but fails at import: the new worker exits, and the reloader waits.
+    module_path.write_text(original.replace("VERSION = 1", "VERSION = NO_SUCH_NAME"))
+    w.wait_for_log("waiting for a change")
+    assert "NameError: name 'NO_SUCH_NAME' is not defined" in w.log()
+    module_path.write_text(original.replace("VERSION = 1", "VERSION = 2"))
+    w.wait_for_log("; starting the worker")
+    wait_until(lambda: "partitions assigned: " in log_after(w, "; starting the worker"), 90,
+               message="the fixed worker never joined")
+    which.delay(0)
+    p.app.flush()
+    assert wait_effects(p, "ran", 1)[0]["version"] == 2
+    assert w.stop() == 0
+
+
 def test_the_worker_stops_warmly_when_the_reloader_is_killed(project: Any) -> None:
     p = project(SOURCE)
     w = p.worker("-c", "1", "--reload")
