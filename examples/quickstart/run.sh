@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 echo "== enqueueing tasks"
 python enqueue.py
 echo "== running a worker until the backlog is drained (ktasks worker -A tasks:app -c 2 --burst)"
-ktasks worker -A tasks:app -c 2 --burst
+ktasks worker -A tasks:app -c 2 --burst --no-progress
 echo "== done: every task above ran and its offset is committed"

@@ -28,6 +28,7 @@ from .. import faults
 from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, H_REPLAY, DeadLetter
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..logs import task_extra
 from ..message import Message, decode, encode, header
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
@@ -74,6 +75,12 @@ class Job:
     @property
     def offset(self) -> int:
         return int(self.record.offset)
+
+    def log_extra(self) -> dict[str, Any]:
+        """``extra=`` for log lines about this job (task fields in text and JSON logs)."""
+        m = self.message
+        return task_extra(m.task if m else "?", m.id if m else "?", self.record.topic, self.record.partition,
+                          self.record.offset)
 
 
 @dataclass(eq=False)
@@ -395,11 +402,11 @@ class Worker:
         if job.task.should_retry(exc, job.message.attempt):
             delay = job.task.backoff_s(job.message.attempt)
             logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
-                           job.message.attempt + 1, job.task.max_retries(), delay)
+                           job.message.attempt + 1, job.task.max_retries(), delay, extra=job.log_extra())
             self._retry(job, delay, exc_type, str(exc))
         else:
             logger.error("task %s[%s]: %s; sending to the dead-letter topic", job.message.task,
-                         job.message.id, exc)
+                         job.message.id, exc, extra=job.log_extra())
             self._dead_letter(job, reason, exc_type, str(exc))
 
     def _check_time_limits(self) -> None:
@@ -410,10 +417,10 @@ class Worker:
                 continue
             job = child.outstanding.get(running[0])
             limit = job.task.options.time_limit_s if job is not None else None
-            if limit and now - running[1] > limit:
+            if job is not None and limit and now - running[1] > limit:
                 logger.error("task %s[%s] ran past its time limit (%.1fs): killing child %d",
-                             job.message.task if job and job.message else "?",
-                             job.message.id if job and job.message else "?", limit, child.index)
+                             job.message.task if job.message else "?", job.message.id if job.message else "?",
+                             limit, child.index, extra=job.log_extra())
                 child.kill_reason = "time-limit"
                 self.pool.kill(child)
 
@@ -496,7 +503,7 @@ class Worker:
         pending.next_try = time.monotonic() + backoff
         logger.error("publishing %s record for %s@%d failed (%s: %s); its offset stays uncommitted, "
                      "trying again in %.1fs", pending.kind, pending.job.record.topic, pending.job.offset,
-                     type(exc).__name__, exc, backoff)
+                     type(exc).__name__, exc, backoff, extra=pending.job.log_extra())
 
     def _pump_publishes(self) -> None:
         if not self.publishing:
