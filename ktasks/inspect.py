@@ -296,13 +296,22 @@ class Inspector:
         self.close()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except KafkaTimeoutError as exc:
-            raise BrokerUnavailable(f"{what}: Kafka at {self.settings.bootstrap_servers} did not answer "
-                                    f"within {self.timeout_s:g}s") from exc
-        except KafkaError as exc:
-            raise InspectError(f"{what}: {exc}") from exc
+        # Retriable errors (a group coordinator still loading, as on a broker whose
+        # __consumer_offsets topic is brand new) are retried until the timeout.
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.05
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except KafkaTimeoutError as exc:
+                raise BrokerUnavailable(f"{what}: Kafka at {self.settings.bootstrap_servers} did not answer "
+                                        f"within {self.timeout_s:g}s") from exc
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or time.monotonic() + delay > deadline:
+                    raise InspectError(f"{what}: {exc}") from exc
+                logger.debug("%s: %s; retrying", what, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     # -- building blocks ------------------------------------------------------------
     def partition_counts(self, topics: Iterable[str]) -> dict[str, int | None]:
