@@ -519,7 +519,9 @@ def render(result: ChaosResult, command: str) -> str:
         f"{c.workers} workers with `-c {c.concurrency}` on {c.partitions} partitions "
         f"(session {c.session_timeout_ms} ms, `prefetch_per_partition` {c.prefetch_per_partition}: with the "
         "default 1000 a backlog above it per partition stalls the worker, a bug reported separately); "
-        + ("the workers join the group, then all tasks are enqueued" if c.warm_start
+        + ("the workers join the group, then all tasks are enqueued (with the tasks enqueued first, a worker "
+           "joining a busy group made the group stall for minutes in some runs: a worker bug, reported)"
+           if c.warm_start
            else "all tasks enqueued before the workers start")
         + "; at evenly spread points of progress: "
         f"{kinds['kill-worker']} `kill -9` of a random worker (started again at once), {kinds['kill-child']} "

@@ -212,11 +212,12 @@ def render(cases: list[Case], reps: int, rate: float, command: str) -> str:
             runs = ", ".join(f"{c.seconds:.2f}" if c.seconds is not None else f"failed: {c.error}" for c in mine)
             lines.append(f"| `{sig}` | {session_ms} / {heartbeat_ms} | {cell} | {runs} |")
     lines.append("")
-    lines.append("After `kill -9` the group waits for the session timeout before it gives the dead worker's "
-                 "partitions away, so that case cannot beat `session_timeout_ms`; the rest is the rebalance and "
-                 "the survivor's first poll. A `SIGTERM` is a warm shutdown: the worker finishes its in-flight "
-                 "tasks, commits and leaves the group, which rebalances at once, so the session timeout does "
-                 "not matter there. ktasks' default `session_timeout_ms` is 10000 (Kafka's client default is "
+    lines.append("After `kill -9` the group waits for the session timeout, counted from the dead worker's last "
+                 "heartbeat, before it gives its partitions away, so that case cannot beat `session_timeout_ms` "
+                 "minus one heartbeat interval; the rest is the rebalance and the survivor's first poll. A `SIGTERM` is a warm shutdown: the worker finishes its in-flight "
+                 "tasks, commits and leaves the group, which rebalances at once; the survivor hears of the "
+                 "rebalance with its next heartbeat, so there `heartbeat_interval_ms` sets the time, not the "
+                 "session timeout. ktasks' default `session_timeout_ms` is 10000 (Kafka's client default is "
                  "45000); the broker's `group.min.session.timeout.ms` (6000 by default; the dev broker sets "
                  "500) bounds how short it can be.\n")
     return "\n".join(lines)
