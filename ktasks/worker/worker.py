@@ -226,10 +226,15 @@ class Worker:
             return False
         if not self.partitions:
             return False
-        tps = list(self.partitions)
-        ends = self.consumer.end_offsets(tps)
-        return all(self.consumer.position(tp) >= ends.get(tp, 0) and not self.partitions[tp].tracker.in_flight
-                   for tp in tps if tp in self.partitions)
+        # The end offsets the last fetch responses carried (highwater), not end_offsets(): that
+        # is a ListOffsets round trip per idle iteration, and in kafka-python 3.0.12 it can
+        # block forever despite its timeout (seen with partitions being paused and resumed:
+        # the worker sat in it for minutes mid-backlog; a bare consumer reproduces it).
+        for tp, ps in list(self.partitions.items()):
+            end = self.consumer.highwater(tp)
+            if end is None or ps.tracker.in_flight or self.consumer.position(tp) < end:
+                return False
+        return True
 
     # -- intake ---------------------------------------------------------------
     def _accept(self, tp: TopicPartition, records: list[Any]) -> None:
