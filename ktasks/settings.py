@@ -158,7 +158,6 @@ _add("session_timeout_ms", int, 10000, "A worker silent this long is declared de
 _add("heartbeat_interval_ms", int, 1000, "Heartbeat period; keep below a third of the session timeout.", G)
 _add("max_poll_interval_ms", int, 300000, "Kafka's limit between polls. The worker polls continuously while "
      "tasks run, so long tasks never hit it.", G)
-_add("max_poll_records", int, 500, "Records fetched per poll.", G)
 _add("poll_timeout_ms", int, 100, "Longest the worker blocks in one poll when idle.", G)
 _add("commit_interval_ms", int, 200, "Finished offsets are committed in batches at this period.", G)
 _add("prefetch_per_partition", int, 1000, "Records buffered per partition before it is paused.", G)

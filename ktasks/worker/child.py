@@ -78,7 +78,9 @@ class Child:
         if app.settings.ledger_enabled:
             from ..ledger import Ledger
 
-            self.ledger = Ledger.for_app(app)
+            # max_pending=1: each success rides in the next task's start transaction, so a
+            # child killed mid-batch re-runs only the task it was running, for no extra commit.
+            self.ledger = Ledger(Ledger.path_for_app(app), max_pending=1)
 
     def serve(self) -> None:
         self.conn.send_bytes(pack(["ready", self.pid]))

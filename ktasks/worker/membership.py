@@ -55,7 +55,12 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_interval_ms=settings.max_poll_interval_ms,
-        max_poll_records=settings.max_poll_records,
+        # Take everything the fetcher has buffered on every poll. kafka-python 3.0.12 parks
+        # the unreturned rest of a partition's batch when that partition is paused, and
+        # never restores it once another partition's batch is drained (the restore checks
+        # for None, the drained batch is merely empty): the partition stops for good after
+        # its first resume. Memory stays bounded by the fetch sizes and prefetch_per_partition.
+        max_poll_records=1_000_000,
         partition_assignment_strategy=assignors(settings.assignor),
         group_instance_id=settings.group_instance_id,
         bootstrap_timeout_ms=max(10000, settings.send_timeout_ms),

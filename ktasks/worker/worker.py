@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
@@ -298,9 +298,12 @@ class Worker:
         if want and not ps.paused:
             self.consumer.pause(ps.tp)
             ps.paused = True
+            logger.debug("paused %s/%d (%d in flight, hold until %s)", ps.tp.topic, ps.tp.partition, backlog,
+                         ps.hold_until)
         elif not want and ps.paused:
             self.consumer.resume(ps.tp)
             ps.paused = False
+            logger.debug("resumed %s/%d (%d in flight)", ps.tp.topic, ps.tp.partition, backlog)
 
     # -- dispatch -------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -549,7 +552,9 @@ class Worker:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
             self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # Not fatal: a rebalance is under way. Its revoke callback commits what finished
+            # before the partitions move; otherwise the next commit interval tries again.
             logger.warning("commit rejected (%s): the group is rebalancing and these partitions may move; "
                            "finished tasks are in the ledger, so their next owner will not run them again",
                            exc)
@@ -583,7 +588,7 @@ class Worker:
                            exc, self._commit_failures, backoff)
             return False
         logger.error("offset commit failed for %.1fs (%s: %s): reporting finished records as commit-failed "
-                     "and rejoining the group", failing_for, type(exc).__name__, exc)
+                     "and restarting from the committed offsets", failing_for, type(exc).__name__, exc)
         self._report_commit_failed()
         return False
 
@@ -610,13 +615,38 @@ class Worker:
         self.app.flush(10.0)
         self._commit_failing_since = None
         self._commit_failures = 0
-        # Drop everything and rejoin: the next owner (maybe us) resumes from the last
-        # committed offset, and the ledger stops finished tasks from running again.
-        self._drop(list(self.partitions))
-        topics = self.topics + list(self._retry_topics)
-        self.consumer.unsubscribe()
-        self.consumer.subscribe(topics, listener=Listener(self._on_assigned, self._on_revoked, self._on_lost))
-        self._await_metadata(topics)
+        self._reset_to_committed()
+
+    def _reset_to_committed(self) -> None:
+        """Start every owned partition again from its committed offset, as a new owner would.
+
+        Everything taken since is forgotten (a new epoch: late completions are not
+        committed) and delivered again; the ledger keeps finished tasks from running
+        twice. This stands in for leaving and rejoining the group, which with
+        kafka-python 3.0's sticky assignors can leave partitions unassigned for minutes.
+        """
+        tps = list(self.partitions)
+        self._drop(tps)
+        for tp in tps:
+            self._epoch += 1
+            try:
+                committed = self.consumer.committed(tp)
+            except KafkaError as exc:
+                logger.warning("cannot read the committed offset of %s/%d (%s); keeping the position",
+                               tp.topic, tp.partition, exc)
+                committed = None
+            if committed is None:
+                # Nothing committed yet: a new owner would start where auto_offset_reset says.
+                if self.settings.auto_offset_reset == "earliest":
+                    self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek_to_end(tp)
+                self.partitions[tp] = PartitionState(tp, self._epoch)
+            else:
+                self.consumer.seek(tp, committed)
+                self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
+            self.consumer.resume(tp)
+            logger.info("restarting %s/%d from committed offset %s", tp.topic, tp.partition, committed)
 
     # -- rebalance (called on the rebalance helper thread) -----------------------
     def _on_assigned(self, tps: list[TopicPartition]) -> None:

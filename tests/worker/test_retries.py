@@ -152,6 +152,7 @@ def test_exhausted_commit_retries_report_commit_failed_records_and_nothing_runs_
     ran = p.effects("ran")
     assert sorted(e["n"] for e in ran) == list(range(10)), "the ledger kept redelivered tasks from running again"
     assert "reporting finished records as commit-failed" in w.log()
+    assert "restarting" in w.log()
     assert w.stop() == 0
 
 
