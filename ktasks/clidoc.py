@@ -85,7 +85,10 @@ def _options_table(cmd: click.Command, ctx: click.Context) -> list[str]:
     rows: list[tuple[str, str]] = []
     for param in cmd.get_params(ctx):
         if isinstance(param, click.Option):
-            if param.name == "help":
+            if param.name == "help" or ("--help" in param.opts and not param.expose_value):
+                # click caches each command's help option from the first context that asked
+                # (`--help` alone when a test invoked the command directly), so it is written
+                # here as the root group sets it for every command.
                 continue
             record = param.get_help_record(ctx)
             if record is None:           # hidden
@@ -95,8 +98,7 @@ def _options_table(cmd: click.Command, ctx: click.Context) -> list[str]:
         elif isinstance(param, click.Argument):
             metavar = param.make_metavar(ctx) if _takes_ctx(param) else param.make_metavar()  # type: ignore[call-arg]
             rows.append((f"`{metavar}`", "argument" + (", required" if param.required else "")))
-    if not rows:
-        return []
+    rows.append(("`-h, --help`", "Show this message and exit."))
     lines = ["| Option | Description |", "|---|---|"]
     lines += [f"| {_cell(a)} | {_cell(b)} |" for a, b in rows]
     return lines

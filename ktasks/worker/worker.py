@@ -144,6 +144,7 @@ class Worker:
         self._commit_failing_since: float | None = None
         self._commit_failures = 0
         self._idle_polls = 0
+        self._published_end: dict[TopicPartition, int] = {}
         self._pid = os.getpid()
         faults.configure(self.settings.faults)
 
@@ -208,7 +209,7 @@ class Worker:
         records = self.consumer.poll(timeout_ms=0 if busy else self.settings.poll_timeout_ms)
         with self._lock:
             self._release_holds()
-            if records:
+            if records or busy:
                 self._idle_polls = 0
                 for tp, recs in records.items():
                     self._accept(tp, recs)
@@ -230,9 +231,13 @@ class Worker:
         # is a ListOffsets round trip per idle iteration, and in kafka-python 3.0.12 it can
         # block forever despite its timeout (seen with partitions being paused and resumed:
         # the worker sat in it for minutes mid-backlog; a bare consumer reproduces it).
+        # The highwater is only as fresh as the last fetch response, so a retry we just
+        # published may be missing from it: our own acknowledged publishes count too.
         for tp, ps in list(self.partitions.items()):
             end = self.consumer.highwater(tp)
-            if end is None or ps.tracker.in_flight or self.consumer.position(tp) < end:
+            if end is None or ps.tracker.in_flight:
+                return False
+            if self.consumer.position(tp) < max(end, self._published_end.get(tp, 0)):
                 return False
         return True
 
@@ -527,6 +532,9 @@ class Worker:
                 still.append(p)
             elif p.future.is_done:
                 if p.future.succeeded():
+                    md = p.future.value
+                    tp = TopicPartition(md.topic, md.partition)
+                    self._published_end[tp] = max(self._published_end.get(tp, 0), md.offset + 1)
                     self._complete(p.job)
                 else:
                     self._publish_failed(p, p.future.exception)
