@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
+from ._proc import pid_alive
 from .errors import LedgerError
 from .message import pack, unpack
 
@@ -223,20 +224,6 @@ def _ledger_error(what: str, exc: BaseException) -> LedgerError:
     return err
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie answers kill(0) but runs nothing
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _qualname(exc: BaseException) -> str:
     cls = type(exc)
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
@@ -394,7 +381,7 @@ class Ledger:
                 elif entry.state == POISONED:
                     decision = Decision(Kind.POISON, entry, entry.starts)
                 elif (wait and entry.state == STARTED and entry.host == host and entry.pid
-                      and entry.pid not in (pid, os.getpid()) and _pid_alive(entry.pid)):
+                      and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid)):
                     # Checked before poison: a start whose process still runs is no crash.
                     # Write our buffered finishes before waiting, so two processes waiting
                     # for each other's buffered successes cannot deadlock.

@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
 
 from ..app import App
+from ..errors import KtasksError
 
-__all__ = ["AppLoadError", "load_app", "app_option"]
+__all__ = ["AppLoadError", "load_app", "loaded_app", "app_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,3 +82,15 @@ def app_option(func: F) -> F:
         "-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
         help="The ktasks App: module:attribute, or a module that defines exactly one App.",
     )(func)
+
+
+@contextmanager
+def loaded_app(spec: str) -> Iterator[App]:
+    """Load the app for a command; ktasks errors become clean CLI errors; its clients close at the end."""
+    app = load_app(spec)
+    try:
+        yield app
+    except KtasksError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        app.close()

@@ -10,15 +10,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import pprint
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from .. import deadletter as dlt
 from ..errors import KtasksError
-from ._app import app_option, load_app
+from ._app import app_option, loaded_app
 
 if TYPE_CHECKING:
     from ..app import App
@@ -38,18 +37,6 @@ def _topic_option(fn: F) -> F:
         help="A dead-letter topic, or a task topic (its dead-letter topic is used). Repeatable. "
              "Default: the dead-letter topic of every task topic of the app.",
     )(fn)
-
-
-@contextmanager
-def _loaded(app_spec: str) -> Iterator[App]:
-    """Load the app, turn ktasks errors into clean CLI errors, close the app's clients at the end."""
-    app = load_app(app_spec)
-    try:
-        yield app
-    except KtasksError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        app.close()
 
 
 def _topics(app: App, given: Sequence[str]) -> list[str]:
@@ -104,7 +91,7 @@ def dlq() -> None:
               help="Show the newest N dead letters; 0 shows all.")
 def list_(app_spec: str, topics: tuple[str, ...], limit: int) -> None:
     """List dead letters, oldest first: time, task, id, reason, error, attempts, partition/offset."""
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         names = _topics(app, topics)
         total = sum(end - start for start, end in dlt.pending_counts(app, names).values())
         letters = list(dlt.iter_dead_letters(app, names, tail=limit or None))
@@ -152,7 +139,7 @@ def _header_text(name: str, value: bytes | None) -> str:
 @_topic_option
 def show(task_id: str, app_spec: str, topics: tuple[str, ...]) -> None:
     """Show every header, the decoded arguments and the full stack trace of the dead letter(s) with ID."""
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         names = _topics(app, topics)
         found = [x for x in dlt.iter_dead_letters(app, names) if x.matches_id(task_id)]
         if not found:
@@ -229,7 +216,7 @@ def replay(ids: tuple[str, ...], all_: bool, force: bool, app_spec: str, topics:
     """
     if bool(ids) == all_:
         raise click.UsageError("give --id ID (one or more) or --all")
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         names = _topics(app, topics)
         letters, duplicates = _select(list(dlt.iter_dead_letters(app, names)), ids, all_)
         missing = [i for i in ids if not any(x.matches_id(i) for x in letters)]
@@ -281,7 +268,7 @@ def purge(app_spec: str, topics: tuple[str, ...], yes: bool) -> None:
 
     Records that arrive after the count was taken are kept.
     """
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         names = _topics(app, topics)
         bounds = dlt.pending_counts(app, names)
         count = sum(end - start for start, end in bounds.values())

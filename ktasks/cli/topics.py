@@ -9,8 +9,6 @@ adding partitions would move keys to other partitions and break per-key order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import click
@@ -18,7 +16,7 @@ import click
 from ..app import App
 from ..errors import KtasksError
 from ..topics import TopicReport
-from ._app import app_option, load_app
+from ._app import app_option, loaded_app
 
 __all__ = ["COMMANDS", "topics", "planned_topics", "PlannedTopic"]
 
@@ -52,17 +50,6 @@ def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic
     return plan
 
 
-@contextmanager
-def _loaded(app_spec: str) -> Iterator[App]:
-    app = load_app(app_spec)
-    try:
-        yield app
-    except KtasksError as exc:
-        raise click.ClickException(str(exc)) from exc
-    finally:
-        app.close()
-
-
 @click.group()
 def topics() -> None:
     """Create and list the app's Kafka topics."""
@@ -76,7 +63,7 @@ def topics() -> None:
               help="Replication factor of topics to create. [default: the app's `replication_factor`]")
 def create(app_spec: str, partitions: int | None, replication_factor: int | None) -> None:
     """Create the app's task, retry and dead-letter topics; report those that exist."""
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         plan = planned_topics(app, partitions)
         rf = replication_factor or app.settings.replication_factor
         by_count: dict[int, list[str]] = {}
@@ -107,7 +94,7 @@ def create(app_spec: str, partitions: int | None, replication_factor: int | None
 @app_option
 def list_(app_spec: str) -> None:
     """List the app's topics with their partition counts (or `missing`)."""
-    with _loaded(app_spec) as app:
+    with loaded_app(app_spec) as app:
         plan = planned_topics(app)
         try:
             described = app.topics.admin().describe_topics([p.name for p in plan])

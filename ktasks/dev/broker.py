@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from .._proc import pid_alive
 from ..errors import DevBrokerError
 from .jars import KAFKA_VERSION, KafkaRuntime, cache_root, file_lock, kafka_runtime
 
@@ -563,25 +564,7 @@ def _alive(pid: int) -> bool:
             return True
         del _CHILDREN[pid]
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        if sys.platform.startswith("linux"):
-            return True  # gone between the two looks
-        return _ps(pid, "stat=").startswith("Z")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+    return pid_alive(pid)
 
 
 def _cmdline(pid: int) -> list[str] | None:
