@@ -1,0 +1,356 @@
+"""Worker throughput: ``ktasks worker -c 2 --burst`` against a bare kafka-python consume-and-commit loop.
+
+Not a test. Produces N no-op task records once, to one topic, then drains
+them several times, each run in its own consumer group so every run reads the
+same records:
+
+* ktasks: ``ktasks worker -A <app> -c 2 --burst --loglevel WARNING`` as a
+  subprocess, with the ledger on (a fresh ledger file per run, so nothing is
+  skipped); once more at ``--loglevel INFO``, which logs two lines per task.
+* bare: one ``KafkaConsumer`` in this process, polling and committing the
+  explicit offsets of every poll batch (no decoding, no work).
+
+The rate counts from the first task start (the ledger's earliest
+``started_at``; for the bare loop, the first non-empty poll) until the
+group's committed offsets cover all N records (read with the admin API; for
+the bare loop, its last commit), so process start-up and the group join are
+left out; the whole wall time of the worker process is shown too::
+
+    python -m benchmarks.throughput --n 20000
+    python -m benchmarks.throughput --n 20000 --write docs/performance.md
+    python -m benchmarks.throughput --n 20000 --profile      # the parent in-process, under cProfile
+
+The target is a ratio ktasks/bare of at least 0.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kafka
+import msgpack
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.structs import OffsetAndMetadata
+
+SECTION = "Worker throughput"
+CONCURRENCY = 2
+STALL_S = 60.0
+#: Ends the generated part of the section; what follows it up to the next section is kept.
+KEEP_MARKER = "<!-- benchmarks/throughput.py: text below this line is kept when the figures are rewritten -->"
+
+APP_SOURCE = '''
+from ktasks import App
+
+app = App({name!r}, bootstrap_servers={bootstrap!r}, default_topic={topic!r}, partitions={partitions})
+
+
+@app.task(name="bench.noop")
+def noop(i, label, ratio):
+    """Does nothing: only the worker's own cost is measured."""
+'''
+
+
+@dataclass
+class Run:
+    label: str
+    rate: float             # records/s, first task start to all committed
+    seconds: float          # that span
+    wall: float | None = None   # the whole worker process, start-up included (ktasks only)
+
+
+@dataclass
+class Results:
+    ktasks: list[Run] = field(default_factory=list)
+    bare: list[Run] = field(default_factory=list)
+    info: Run | None = None
+    no_ledger: Run | None = None
+
+    @property
+    def best_ktasks(self) -> float:
+        return max(r.rate for r in self.ktasks)
+
+    @property
+    def best_bare(self) -> float:
+        return max(r.rate for r in self.bare)
+
+    @property
+    def ratio(self) -> float:
+        return self.best_ktasks / self.best_bare
+
+
+class Bench:
+    def __init__(self, bootstrap: str, n: int, partitions: int) -> None:
+        self.bootstrap = bootstrap
+        self.n = n
+        self.partitions = partitions
+        self.tag = uuid.uuid4().hex[:8]
+        self.dir = Path(tempfile.mkdtemp(prefix=f"ktasks-bench-{self.tag}-"))
+        self.module = f"bench_throughput_{self.tag}"
+        self.topic = f"bench-throughput-{self.tag}"
+        (self.dir / f"{self.module}.py").write_text(textwrap.dedent(APP_SOURCE.format(
+            name=f"bench-{self.tag}", bootstrap=bootstrap, topic=self.topic, partitions=partitions)))
+        sys.path.insert(0, str(self.dir))
+        self.app_module: Any = __import__(self.module)
+        self.app = self.app_module.app
+        self.admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="ktasks-bench")
+        self._runs = 0
+
+    def produce(self) -> None:
+        """N records of the no-op task, once; every run drains these same records."""
+        self.app.ensure_topics([self.topic])
+        start = time.perf_counter()
+        for i in range(self.n):
+            self.app_module.noop.delay(i, "order", 0.5)
+        self.app.flush()
+        print(f"produced {self.n:,} records to {self.topic} ({self.partitions} partitions) in "
+              f"{time.perf_counter() - start:.1f}s", flush=True)
+
+    def _group(self, kind: str) -> str:
+        self._runs += 1
+        return f"bench-{self.tag}-{kind}-{self._runs}"
+
+    def committed(self, group: str) -> int:
+        offsets = self.admin.list_group_offsets({group: None}).get(group, {})
+        return sum(om.offset for tp, om in offsets.items() if tp.topic == self.topic and om.offset > 0)
+
+    # -- ktasks -------------------------------------------------------------------
+    def ktasks(self, loglevel: str = "WARNING", ledger_on: bool = True) -> Run:
+        group = self._group("ktasks")
+        ledger = self.dir / f"{group}.ledger.sqlite3"
+        log = self.dir / f"{group}.log"
+        cmd = [sys.executable, "-m", "ktasks", "worker", "-A", f"{self.module}:app", "-c", str(CONCURRENCY),
+               "--burst", "--loglevel", loglevel, "--group", group]
+        cmd += ["--ledger", str(ledger)] if ledger_on else ["--no-ledger"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.dir), os.environ.get("PYTHONPATH", "")]))
+        began = time.time()
+        first_seen: float | None = None
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+            done_at = None
+            progress = (-1, time.monotonic())
+            while done_at is None:
+                committed = self.committed(group)
+                if committed and first_seen is None:
+                    first_seen = time.time()
+                if committed >= self.n:
+                    done_at = time.time()
+                elif proc.poll() is not None:
+                    raise SystemExit(f"worker exited with {proc.returncode} before draining; see {log}:\n"
+                                     + log.read_text()[-3000:])
+                elif committed != progress[0]:
+                    progress = (committed, time.monotonic())
+                elif time.monotonic() - progress[1] > STALL_S:
+                    proc.kill()
+                    raise SystemExit(f"worker stalled: committed {committed:,} of {self.n:,} and no progress for "
+                                     f"{STALL_S:.0f}s (pid {proc.pid}); see {log}")
+                else:
+                    time.sleep(0.02)
+            code = proc.wait(timeout=120)
+        wall = time.time() - began
+        if code != 0:
+            raise SystemExit(f"worker exited with {code}; see {log}")
+        if ledger_on:
+            with sqlite3.connect(ledger) as conn:
+                first, count = conn.execute("SELECT min(started_at), count(*) FROM ktasks_ledger").fetchone()
+            if count != self.n:
+                raise SystemExit(f"the ledger has {count} entries, expected {self.n}")
+        else:
+            # No ledger to date the first task: take the first commit seen, which comes a commit
+            # interval (200 ms) or less after it; so this rate is, if anything, flattered.
+            assert first_seen is not None
+            first = first_seen
+        seconds = done_at - first
+        return Run(f"ktasks worker -c {CONCURRENCY} --burst, ledger {'on' if ledger_on else 'off'}, "
+                   f"--loglevel {loglevel}", self.n / seconds, seconds, wall)
+
+    # -- bare -------------------------------------------------------------------
+    def bare(self) -> Run:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self._group("bare"),
+                                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500)
+        consumer.subscribe([self.topic])
+        seen = 0
+        first = None
+        while seen < self.n:
+            batch = consumer.poll(timeout_ms=100)
+            if not batch:
+                continue
+            if first is None:
+                first = time.perf_counter()
+            offsets = {}
+            for tp, records in batch.items():
+                seen += len(records)
+                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            consumer.commit(offsets)
+        assert first is not None
+        seconds = time.perf_counter() - first
+        consumer.close()
+        return Run("bare kafka-python poll + commit loop", self.n / seconds, seconds)
+
+    # -- profile ------------------------------------------------------------------
+    def profile(self, top: int) -> str:
+        """Drain once with the worker's parent in this process under cProfile; return the top entries."""
+        from ktasks.logs import configure_logging
+        from ktasks.worker import Worker
+
+        group = self._group("profile")
+        configure_logging("WARNING", "text", process_name="worker")
+        worker = Worker(self.app, f"{self.module}:app", concurrency=CONCURRENCY, group_id=group,
+                        loglevel="WARNING", burst=True,
+                        overrides={"ledger_path": str(self.dir / f"{group}.ledger.sqlite3")})
+        prof = cProfile.Profile()
+        start = time.perf_counter()
+        prof.enable()
+        code = worker.run()
+        prof.disable()
+        print(f"in-process worker: exit {code}, {time.perf_counter() - start:.1f}s including start-up",
+              flush=True)
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("tottime").print_stats(top)
+        stats.sort_stats("cumulative").print_stats(top)
+        return out.getvalue()
+
+    def machine(self) -> str:
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        broker = ".".join(map(str, consumer.config.get("api_version") or ())) or "unknown"
+        consumer.close()
+        from kafka.record import util as record_util
+
+        crc = "C" if record_util.crc32c_c is not None else "pure-Python"
+        return (f"{os.cpu_count()} cores ({platform.machine()}, {platform.system()}), "
+                f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc} CRC-32C), "
+                f"msgpack {'.'.join(map(str, msgpack.version))}, SQLite {sqlite3.sqlite_version}, "
+                f"broker API version {broker} (as detected by kafka-python)")
+
+    def close(self) -> None:
+        self.admin.close()
+        self.app.close()
+
+
+def render(results: Results, n: int, partitions: int, command: str, where: str, notes: str) -> str:
+    rows = [(r.label, r) for r in results.ktasks] + [(r.label, r) for r in results.bare]
+    if results.info is not None:
+        rows.append((results.info.label + " (once)", results.info))
+    if results.no_ledger is not None:
+        rows.append((results.no_ledger.label + " (once, for reference; see below)", results.no_ledger))
+    table = "\n".join(
+        f"| {label} | {r.rate:,.0f} | {r.seconds:.2f} | {'' if r.wall is None else f'{r.wall:.1f}'} |"
+        for label, r in rows)
+    info = ""
+    if results.info is not None:
+        info += (f"\nAt `--loglevel INFO` (a start and a finish line per task, from the children) the worker "
+                 f"does {results.info.rate:,.0f} records/s, {results.info.rate / results.best_ktasks:.2f} of "
+                 f"its best WARNING rate.\n")
+    if results.no_ledger is not None:
+        info += (f"\nWith `--no-ledger` it does {results.no_ledger.rate:,.0f} records/s "
+                 f"({results.no_ledger.rate / results.best_ktasks:.2f}x its best rate with the ledger). "
+                 f"Without a ledger nothing dates the first task, so that run counts from the first "
+                 f"commit seen, up to one commit interval (200 ms) late: a flattering figure.\n")
+    return (
+        f"## {SECTION}\n\n"
+        f"{n:,} records of a no-op task (three small arguments) on one topic with {partitions} partitions, "
+        f"produced once, then drained by each contender in its own consumer group, so all read the same "
+        f"records in the same run. ktasks: `ktasks worker -c {CONCURRENCY} --burst` as a subprocess, with "
+        f"the ledger on (a fresh file per run). Bare: one kafka-python `KafkaConsumer` that polls and "
+        f"commits the explicit offsets of every poll batch, and does nothing else. Rates count from the "
+        f"first task start (the ledger's earliest `started_at`; for the bare loop, its first non-empty "
+        f"poll) until the group's committed offsets cover every record, so start-up and the group join "
+        f"are not counted; the worker process's whole wall time is shown apart.\n\n"
+        f"- Machine: {where}; the broker runs on the same machine\n"
+        f"- Command: `{command}`\n\n"
+        f"| | records/s | seconds | worker wall time, s |\n|---|---:|---:|---:|\n{table}\n\n"
+        f"Ratio: **{results.ratio:.2f}** of the bare loop, best run of each (target: at least 0.30).\n"
+        f"{info}"
+        f"{notes}"
+        f"\n{KEEP_MARKER}\n"
+    )
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the section of that name in ``path``, or append it; other sections stay.
+
+    Reads the file right before writing: another benchmark owns another section.
+    """
+    text = path.read_text() if path.exists() else "# Performance\n"
+    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    found = pattern.search(text)
+    if found:
+        old = found.group(0)
+        kept = old.split(KEEP_MARKER, 1)[1].strip("\n") if KEEP_MARKER in old else ""
+        new = section + ("\n" + kept + "\n" if kept else "") + "\n"
+        text = (text[:found.start()] + new + text[found.end():]).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--bootstrap", default=os.environ.get("KTASKS_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
+    parser.add_argument("-n", "--n", type=int, default=20_000, dest="n", help="records (default 20,000)")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each contender, alternating")
+    parser.add_argument("--no-info", action="store_true", help="skip the run at --loglevel INFO")
+    parser.add_argument("--no-ledger-run", action="store_true",
+                        help="also run once with --no-ledger, to show what the ledger costs")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: drain once with the worker parent in-process under cProfile")
+    parser.add_argument("--top", type=int, default=30, help="profile entries to print")
+    parser.add_argument("--notes", type=Path, help="markdown appended to the written section (profile findings)")
+    parser.add_argument("--write", type=Path, metavar="FILE", help="write the results into this markdown file")
+    args = parser.parse_args(argv)
+
+    bench = Bench(args.bootstrap, args.n, args.partitions)
+    try:
+        bench.produce()
+        if args.profile:
+            print(bench.profile(args.top))
+            return 0
+        results = Results()
+        for r in range(args.rounds):
+            order = ["ktasks", "bare"] if r % 2 == 0 else ["bare", "ktasks"]
+            for which in order:
+                run = bench.ktasks() if which == "ktasks" else bench.bare()
+                (results.ktasks if which == "ktasks" else results.bare).append(run)
+                wall = f" (worker wall time {run.wall:.1f}s)" if run.wall is not None else ""
+                print(f"round {r + 1}: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s{wall}",
+                      flush=True)
+        if not args.no_info:
+            results.info = bench.ktasks("INFO")
+            print(f"{results.info.label}: {results.info.rate:,.0f} records/s in {results.info.seconds:.2f}s",
+                  flush=True)
+        if args.no_ledger_run:
+            results.no_ledger = bench.ktasks(ledger_on=False)
+            print(f"{results.no_ledger.label}: {results.no_ledger.rate:,.0f} records/s in "
+                  f"{results.no_ledger.seconds:.2f}s", flush=True)
+        print(f"ktasks {results.best_ktasks:,.0f} records/s, bare {results.best_bare:,.0f} records/s, "
+              f"ratio {results.ratio:.2f}")
+        if args.write:
+            command = "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv)
+            notes = "\n" + args.notes.read_text().strip() + "\n" if args.notes else ""
+            write_section(args.write, render(results, args.n, args.partitions, command, bench.machine(), notes))
+            print(f"wrote {args.write}")
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
