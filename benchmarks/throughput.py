@@ -32,6 +32,7 @@ import os
 import platform
 import pstats
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -239,9 +240,11 @@ class Bench:
                 f"msgpack {'.'.join(map(str, msgpack.version))}, SQLite {sqlite3.sqlite_version}, "
                 f"broker API version {broker} (as detected by kafka-python)")
 
-    def close(self) -> None:
+    def close(self, keep_files: bool = False) -> None:
         self.admin.close()
         self.app.close()
+        if not keep_files:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def render(results: Results, n: int, partitions: int, command: str, where: str, notes: str) -> str:
@@ -318,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     bench = Bench(args.bootstrap, args.n, args.partitions)
+    ok = False
     try:
         bench.produce()
         if args.profile:
             print(bench.profile(args.top))
+            ok = True
             return 0
         results = Results()
         for r in range(args.rounds):
@@ -347,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             notes = "\n" + args.notes.read_text().strip() + "\n" if args.notes else ""
             write_section(args.write, render(results, args.n, args.partitions, command, bench.machine(), notes))
             print(f"wrote {args.write}")
+        ok = True
     finally:
-        bench.close()
+        bench.close(keep_files=not ok)   # worker logs and ledgers stay when something failed
     return 0
 
 
