@@ -43,6 +43,9 @@ EXIT_OK = 0        # warm shutdown: everything finished was committed
 EXIT_ERROR = 1     # could not start or failed
 EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be redelivered
 
+#: Tasks whose average run time is below this are batched to children; others go one at a time.
+QUICK_TASK_S = 0.005
+
 _HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
 
 
@@ -139,7 +142,7 @@ class Worker:
         self._seq = 0
         self._epoch = 0
         self._in_flight = 0
-        self._avg_duration = 0.0
+        self._durations: dict[str, float] = {}    # task name -> moving average of its run time
         self._next_commit = 0.0
         self._commit_failing_since: float | None = None
         self._commit_failures = 0
@@ -317,21 +320,25 @@ class Worker:
         idle = self.pool.idle()
         if not idle:
             return
-        # Small batches when tasks are slow (no head-of-line blocking), larger when they
-        # are quick (fewer pipe round trips).
-        if self._avg_duration < 0.005:
-            size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
-        else:
-            size = 1
+        # Quick tasks go to a child in batches (fewer pipe round trips); a task not known to
+        # be quick goes alone, so nothing waits behind it in a busy child while others idle.
+        size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
         limit = self.settings.max_tasks_per_child
         for child in idle:
             # A batch never takes a child past max_tasks_per_child: it is retired only once idle.
             take = max(1, min(size, limit - child.tasks_done)) if limit else size
             jobs: list[Job] = []
             while self.ready and len(jobs) < take:
-                job = self.ready.popleft()
-                if self.partitions.get(job.ps.tp) is job.ps and not job.ps.revoking:
-                    jobs.append(job)
+                job = self.ready[0]
+                if self.partitions.get(job.ps.tp) is not job.ps or job.ps.revoking:
+                    self.ready.popleft()
+                    continue
+                quick = self._durations.get(job.task.name, QUICK_TASK_S) < QUICK_TASK_S
+                if jobs and not quick:
+                    break
+                jobs.append(self.ready.popleft())
+                if not quick:
+                    break
             if not jobs:
                 return
             payload = [[j.seq, j.value or j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
@@ -363,7 +370,10 @@ class Worker:
 
     def _finish(self, job: Job, res: list[Any]) -> None:
         status, duration = res[1], res[2]
-        self._avg_duration = 0.9 * self._avg_duration + 0.1 * duration
+        if status == OK and job.task is not None:
+            name = job.task.name
+            avg = self._durations.get(name)
+            self._durations[name] = duration if avg is None else 0.8 * avg + 0.2 * duration
         if status == OK:
             self.stats.succeeded += 1
             self._complete(job)
