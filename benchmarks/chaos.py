@@ -68,7 +68,7 @@ class ChaosConfig:
     session_timeout_ms: int = 3000
     heartbeat_interval_ms: int = 300
     loglevel: str = "INFO"
-    prefetch_per_partition: int = 5000    # default 1000: a worker that pauses a partition may stall for good
+    prefetch_per_partition: int = 1000    # the default
     warm_start: bool = True               # workers join the group before the tasks are enqueued
     stall_s: float = 60.0                 # give up when no task finished for this long
 
@@ -517,10 +517,8 @@ def render(result: ChaosResult, command: str) -> str:
         f"into a separate SQLite file, outside the ledger) and {result.tx_expected:,} that INSERT through "
         "`ctx.ledger` (`ledger_transaction=True`: the write commits with the success record). "
         f"{c.workers} workers with `-c {c.concurrency}` on {c.partitions} partitions "
-        f"(session {c.session_timeout_ms} ms, `prefetch_per_partition` {c.prefetch_per_partition}: with the "
-        "default 1000 a backlog above it per partition stalls the worker, a bug reported separately); "
-        + ("the workers join the group, then all tasks are enqueued (with the tasks enqueued first, a worker "
-           "joining a busy group made the group stall for minutes in some runs: a worker bug, reported)"
+        f"(session {c.session_timeout_ms} ms, `prefetch_per_partition` {c.prefetch_per_partition}); "
+        + ("the workers join the group, then all tasks are enqueued"
            if c.warm_start
            else "all tasks enqueued before the workers start")
         + "; at evenly spread points of progress: "

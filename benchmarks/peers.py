@@ -61,8 +61,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 TASK = "bench.work"
-#: ktasks' prefetch_per_partition in this benchmark (the default is 1000).
-PREFETCH = 10_000
 
 
 # -- results --------------------------------------------------------------------------------
@@ -168,10 +166,7 @@ class KtasksSystem(System):
         s = self._settings()
         env.update(KTASKS_BOOTSTRAP_SERVERS=s["bootstrap_servers"], KTASKS_DEFAULT_TOPIC=s["default_topic"],
                    KTASKS_GROUP_ID=s["group_id"], KTASKS_PARTITIONS="2",
-                   KTASKS_LEDGER_PATH=str(self.ctx.tmp / f"{self.queue}.ledger.sqlite3"),
-                   # Above the backlog per partition: with the default (1000) the worker stops taking
-                   # records once it has paused a partition (see "Against the peers" in the docs).
-                   KTASKS_PREFETCH_PER_PARTITION=str(PREFETCH))
+                   KTASKS_LEDGER_PATH=str(self.ctx.tmp / f"{self.queue}.ledger.sqlite3"))
         env.pop("KTASKS_FAULTS", None)
         return [self.spawn([str(BIN / "ktasks"), "worker", "-A", "benchmarks.peerapps.ktasks_app:app", "-c", "2",
                             "--loglevel", "WARNING"], env, log)]
@@ -546,10 +541,7 @@ def render(results: list[SystemResult], ctx: Context, command: str, elapsed_s: f
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         + "\n".join(rows) + "\n"
         + ("\n" + "\n".join(notes) + "\n" if notes else "")
-        + f"\nSettings are each system's defaults except: ktasks' `prefetch_per_partition` is {PREFETCH:,} "
-        "(default 1,000): with the default, a 5,000-task backlog on 2 partitions stalls the worker for good "
-        "after 2,000 tasks, once it has paused both partitions (a worker bug, reported; it never pauses at "
-        "10,000); results ignored (Celery); one thread per Dramatiq "
+        + "\nSettings are each system's defaults except: results ignored (Celery); one thread per Dramatiq "
         "process (its default is 8, which would run 16 tasks at once against everyone else's 2); "
         "remote control, gossip, mingle and heartbeats off for Celery on Kafka (kombu's Kafka transport "
         "has no fanout exchanges). Celery acknowledges before running a task (its default), Dramatiq "
