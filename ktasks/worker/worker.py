@@ -247,7 +247,17 @@ class Worker:
     # -- intake ---------------------------------------------------------------
     def _accept(self, tp: TopicPartition, records: list[Any]) -> None:
         ps = self.partitions.get(tp)
+        if ps is None and tp in self.consumer.assignment():
+            # Records for a partition the consumer owns but whose assignment callback we have
+            # not seen yet (kafka-python can hand out buffered records around a rebalance).
+            # Dropping them would lose them until a restart: the position has moved past them.
+            self._epoch += 1
+            ps = self.partitions[tp] = PartitionState(tp, self._epoch)
+            logger.debug("records for %s/%d before its assignment callback: taking them", tp.topic,
+                         tp.partition)
         if ps is None or ps.revoking:
+            logger.debug("dropping %d records of %s/%d: partition %s", len(records), tp.topic, tp.partition,
+                         "not ours" if ps is None else "being revoked")
             return
         now = time.time()
         origin = self._retry_topics.get(tp.topic, tp.topic)
@@ -668,10 +678,33 @@ class Worker:
 
     # -- rebalance (called on the rebalance helper thread) -----------------------
     def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        # Start every newly assigned partition from its committed offset, explicitly. After an
+        # eager revoke-and-assign of the same partition, kafka-python 3.0.12 keeps the position
+        # the consumer had fetched up to, so records we had taken but not finished (dropped on
+        # revoke, uncommitted) would be skipped until a restart.
+        positions: dict[TopicPartition, int | None] = {}
+        for tp in tps:
+            try:
+                positions[tp] = self.consumer.committed(tp)
+            except KafkaError as exc:
+                logger.warning("cannot read the committed offset of %s/%d (%s)", tp.topic, tp.partition, exc)
+                positions[tp] = None
         with self._lock:
             for tp in tps:
+                current = self.partitions.get(tp)
+                if current is not None and not current.revoking:
+                    continue          # already taking its records (see _accept)
                 self._epoch += 1
-                self.partitions[tp] = PartitionState(tp, self._epoch)
+                committed = positions[tp]
+                if committed is not None:
+                    self.consumer.seek(tp, committed)
+                    self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
+                else:
+                    if self.settings.auto_offset_reset == "earliest":
+                        self.consumer.seek_to_beginning(tp)
+                    else:
+                        self.consumer.seek_to_end(tp)
+                    self.partitions[tp] = PartitionState(tp, self._epoch)
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
