@@ -663,16 +663,7 @@ class Worker:
                 logger.warning("cannot read the committed offset of %s/%d (%s); keeping the position",
                                tp.topic, tp.partition, exc)
                 committed = None
-            if committed is None:
-                # Nothing committed yet: a new owner would start where auto_offset_reset says.
-                if self.settings.auto_offset_reset == "earliest":
-                    self.consumer.seek_to_beginning(tp)
-                else:
-                    self.consumer.seek_to_end(tp)
-                self.partitions[tp] = PartitionState(tp, self._epoch)
-            else:
-                self.consumer.seek(tp, committed)
-                self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
+            self._start_at(tp, committed)
             self.consumer.resume(tp)
             logger.info("restarting %s/%d from committed offset %s", tp.topic, tp.partition, committed)
 
@@ -695,16 +686,19 @@ class Worker:
                 if current is not None and not current.revoking:
                     continue          # already taking its records (see _accept)
                 self._epoch += 1
-                committed = positions[tp]
-                if committed is not None:
-                    self.consumer.seek(tp, committed)
-                    self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
-                else:
-                    if self.settings.auto_offset_reset == "earliest":
-                        self.consumer.seek_to_beginning(tp)
-                    else:
-                        self.consumer.seek_to_end(tp)
-                    self.partitions[tp] = PartitionState(tp, self._epoch)
+                self._start_at(tp, positions[tp])
+
+    def _start_at(self, tp: TopicPartition, committed: int | None) -> None:
+        """Seek to the committed offset (or where auto_offset_reset says) with a fresh state."""
+        if committed is None:
+            if self.settings.auto_offset_reset == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
+            self.partitions[tp] = PartitionState(tp, self._epoch)
+        else:
+            self.consumer.seek(tp, committed)
+            self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:
