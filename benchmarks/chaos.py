@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(asdict(result), default=str))
     if args.write:
-        from benchmarks.peers import write_section
+        from benchmarks.report import write_section
 
         command = "python -m benchmarks.chaos " + " ".join(sys.argv[1:] if argv is None else argv)
         if "--seed" not in command:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 import uuid
@@ -28,6 +27,7 @@ from pathlib import Path
 import kafka
 from kafka import KafkaProducer
 
+from benchmarks.report import write_section
 from ktasks import App
 from ktasks.message import Message, encode, headers_of
 
@@ -122,17 +122,6 @@ def render(result: Result, n: int, rounds: int, command: str, where: str) -> str
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section of that name in ``path``, or append it; other sections stay."""
-    text = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KTASKS_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
@@ -145,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio {result.ratio:.2f}")
     if args.write:
         command = "python -m benchmarks.enqueue " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_section(args.write, render(result, args.messages, args.rounds, command, machine(app)))
+        write_section(args.write, render(result, args.messages, args.rounds, command, machine(app)), SECTION)
         print(f"wrote {args.write}")
     app.close()
     return 0

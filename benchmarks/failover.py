@@ -224,7 +224,8 @@ def render(cases: list[Case], reps: int, rate: float, command: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.peers import kafka, write_section
+    from benchmarks.peers import kafka
+    from benchmarks.report import write_section
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="runs per case (default 3)")

@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peerapps import procs, record
+from benchmarks.report import write_section
 
 SECTION = "Against the peers"
 ROOT = Path(__file__).resolve().parent.parent
@@ -549,17 +549,6 @@ def render(results: list[SystemResult], ctx: Context, command: str, elapsed_s: f
     )
 
 
-def write_section(path: Path, section: str, title: str = SECTION) -> None:
-    """Replace the section ``## title`` in ``path`` (read right now), or append it; others stay."""
-    text = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="no-op tasks per drain (default 5000)")
@@ -601,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, section, SECTION)
         print(f"wrote {args.write}")
     return 0
 

@@ -31,7 +31,6 @@ import io
 import os
 import platform
 import pstats
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -48,6 +47,8 @@ import kafka
 import msgpack
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import OffsetAndMetadata
+
+from benchmarks.report import write_section
 
 SECTION = "Worker throughput"
 CONCURRENCY = 2
@@ -286,24 +287,6 @@ def render(results: Results, n: int, partitions: int, command: str, where: str, 
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the section of that name in ``path``, or append it; other sections stay.
-
-    Reads the file right before writing: another benchmark owns another section.
-    """
-    text = path.read_text() if path.exists() else "# Performance\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    found = pattern.search(text)
-    if found:
-        old = found.group(0)
-        kept = old.split(KEEP_MARKER, 1)[1].strip("\n") if KEEP_MARKER in old else ""
-        new = section + ("\n" + kept + "\n" if kept else "") + "\n"
-        text = (text[:found.start()] + new + text[found.end():]).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--bootstrap", default=os.environ.get("KTASKS_BOOTSTRAP_SERVERS", "127.0.0.1:9092"))
@@ -350,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             command = "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv)
             notes = "\n" + args.notes.read_text().strip() + "\n" if args.notes else ""
-            write_section(args.write, render(results, args.n, args.partitions, command, bench.machine(), notes))
+            write_section(args.write, render(results, args.n, args.partitions, command, bench.machine(), notes), SECTION,
+                          KEEP_MARKER)
             print(f"wrote {args.write}")
         ok = True
     finally:
