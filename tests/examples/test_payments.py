@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from tests.examples import example_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = {"order-1": 1999, "order-2": 4500, "order-3": 120, "order-4": 99900, "order-5": 2500}
@@ -15,14 +15,7 @@ ORDERS = {"order-1": 1999, "order-2": 4500, "order-3": 120, "order-4": 99900, "o
 
 def test_payments_example_charges_each_order_once(kafka_bootstrap: str, unique: Any, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite3"
-    env = dict(os.environ)
-    env.update(
-        KTASKS_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        KTASKS_DEFAULT_TOPIC=unique("payments"),
-        KTASKS_GROUP_ID=unique("payments"),
-        KTASKS_LEDGER_PATH=str(ledger),
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    )
+    env = example_env(kafka_bootstrap, unique, "payments", ledger)
     assert "    bash examples/payments/run.sh\n" in (ROOT / "examples" / "payments" / "README.md").read_text()
 
     def run() -> str:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from tests.examples import example_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_enqueues_and_drains_every_task(kafka_bootstrap: str, unique: Any, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env.update(
-        KTASKS_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        KTASKS_DEFAULT_TOPIC=unique("quickstart"),
-        KTASKS_GROUP_ID=unique("quickstart"),
-        KTASKS_LEDGER_PATH=str(tmp_path / "ledger.sqlite3"),
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    )
+    env = example_env(kafka_bootstrap, unique, "quickstart", tmp_path / "ledger.sqlite3")
     out = subprocess.run(["bash", str(ROOT / "examples" / "quickstart" / "run.sh")], env=env,
                          capture_output=True, text=True, timeout=240)
     log = out.stdout + out.stderr

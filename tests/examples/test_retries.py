@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+
+from tests.examples import example_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_retries_example_retries_then_dead_letters(kafka_bootstrap: str, unique: Any, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env.update(
-        KTASKS_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        KTASKS_DEFAULT_TOPIC=unique("retries"),
-        KTASKS_GROUP_ID=unique("retries"),
-        KTASKS_LEDGER_PATH=str(tmp_path / "ledger.sqlite3"),
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    )
+    env = example_env(kafka_bootstrap, unique, "retries", tmp_path / "ledger.sqlite3")
     readme = (ROOT / "examples" / "retries" / "README.md").read_text()
     assert "    bash examples/retries/run.sh\n" in readme
     out = subprocess.run(["bash", str(ROOT / "examples" / "retries" / "run.sh")], env=env, cwd=ROOT,
