@@ -683,10 +683,19 @@ class Worker:
         with self._lock:
             for tp in tps:
                 current = self.partitions.get(tp)
-                if current is not None and not current.revoking:
-                    continue          # already taking its records (see _accept)
-                self._epoch += 1
-                self._start_at(tp, positions[tp])
+                if current is None or current.revoking:
+                    self._epoch += 1
+                    self._start_at(tp, positions[tp])
+            self._sync_paused()
+
+    def _sync_paused(self) -> None:
+        # kafka-python keeps the paused flag of a partition across an eager revoke and assign,
+        # while our state for it is new ("not paused"): nothing would ever resume it. Take the
+        # consumer's word for what is paused, then decide again.
+        paused = set(self.consumer.paused())
+        for ps in self.partitions.values():
+            ps.paused = ps.tp in paused
+            self._update_pause(ps)
 
     def _start_at(self, tp: TopicPartition, committed: int | None) -> None:
         """Seek to the committed offset (or where auto_offset_reset says) with a fresh state."""
