@@ -46,6 +46,9 @@ EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be rede
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
 
+#: What :meth:`Worker._committed` returns when it gave up because the worker is stopping.
+_UNKNOWN: Any = object()
+
 _HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
 
 
@@ -657,12 +660,9 @@ class Worker:
         self._drop(tps)
         for tp in tps:
             self._epoch += 1
-            try:
-                committed = self.consumer.committed(tp)
-            except KafkaError as exc:
-                logger.warning("cannot read the committed offset of %s/%d (%s); keeping the position",
-                               tp.topic, tp.partition, exc)
-                committed = None
+            committed = self._committed(tp)
+            if committed is _UNKNOWN:
+                continue          # stopping: leave it unstarted
             self._start_at(tp, committed)
             self.consumer.resume(tp)
             logger.info("restarting %s/%d from committed offset %s", tp.topic, tp.partition, committed)
@@ -673,16 +673,12 @@ class Worker:
         # eager revoke-and-assign of the same partition, kafka-python 3.0.12 keeps the position
         # the consumer had fetched up to, so records we had taken but not finished (dropped on
         # revoke, uncommitted) would be skipped until a restart.
-        positions: dict[TopicPartition, int | None] = {}
-        for tp in tps:
-            try:
-                positions[tp] = self.consumer.committed(tp)
-            except KafkaError as exc:
-                logger.warning("cannot read the committed offset of %s/%d (%s)", tp.topic, tp.partition, exc)
-                positions[tp] = None
+        positions = {tp: self._committed(tp) for tp in tps}
         with self._lock:
             for tp in tps:
                 current = self.partitions.get(tp)
+                if positions[tp] is _UNKNOWN:
+                    continue          # stopping before we knew where to start: not taken
                 if current is None or current.revoking:
                     self._epoch += 1
                     self._start_at(tp, positions[tp])
@@ -696,6 +692,30 @@ class Worker:
         for ps in self.partitions.values():
             ps.paused = ps.tp in paused
             self._update_pause(ps)
+
+    def _committed(self, tp: TopicPartition) -> Any:
+        """The committed offset of ``tp`` (None: the group never committed one).
+
+        A failed lookup is never read as "no commit": that would restart the partition from
+        the beginning, or with ``auto_offset_reset=latest`` skip every uncommitted record.
+        It is retried with backoff until it answers; only a stop request ends the retries,
+        with :data:`_UNKNOWN` (the partition is then not started at all).
+        """
+        failures = 0
+        while True:
+            try:
+                return self.consumer.committed(tp)
+            except KafkaError as exc:
+                failures += 1
+                if self._stop:
+                    logger.warning("cannot read the committed offset of %s/%d (%s) while stopping: not "
+                                   "starting it", tp.topic, tp.partition, exc)
+                    return _UNKNOWN
+                backoff = min(5.0, 0.1 * 2 ** min(failures, 6))
+                logger.warning("cannot read the committed offset of %s/%d (%s: %s); asking again in %.1fs "
+                               "(never guessing a start position)", tp.topic, tp.partition,
+                               type(exc).__name__, exc, backoff)
+                time.sleep(backoff)
 
     def _start_at(self, tp: TopicPartition, committed: int | None) -> None:
         """Seek to the committed offset (or where auto_offset_reset says) with a fresh state."""

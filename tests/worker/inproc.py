@@ -38,8 +38,13 @@ class InProcessWorker:
     def tp(self, partition: int, topic: str | None = None) -> TopicPartition:
         return TopicPartition(topic or self.project.topic, partition)
 
-    def start(self, partitions: list[int]) -> list[TopicPartition]:
-        """Start the children and a consumer owning ``partitions`` of the task topic."""
+    def start(self, partitions: list[int], before_assign: Callable[[Any], None] | None = None
+              ) -> list[TopicPartition]:
+        """Start the children and a consumer owning ``partitions`` of the task topic.
+
+        ``before_assign(consumer)`` runs once the consumer exists, before the worker hears of
+        its partitions.
+        """
         w = self.worker
         topics = w.topics + list(w._retry_topics)
         w.app.ensure_topics(topics + [w.app.dead_letter_topic(t) for t in w.topics])
@@ -47,6 +52,8 @@ class InProcessWorker:
         w.consumer = build_consumer(w.settings, w.group_id, w.app.client_id)
         tps = [self.tp(p) for p in partitions]
         w.consumer.assign(tps)
+        if before_assign is not None:
+            before_assign(w.consumer)
         w._on_assigned(tps)
         return tps
 

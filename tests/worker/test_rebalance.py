@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import OffsetAndMetadata
+
 from tests.fixtures.worker import wait_effects
 
 SOURCE = """
@@ -34,3 +37,33 @@ def test_a_partition_assigned_again_while_the_consumer_kept_it_paused_is_fetched
     p.app.flush()
     h.step_until(lambda: len(p.effects("note")) >= 3, 30, "the partition was never fetched again")
     assert sorted(e["n"] for e in wait_effects(p, "note", 3)) == [0, 1, 2]
+
+
+def test_a_failed_committed_offset_lookup_is_retried_not_read_as_no_commit(project: Any, inproc: Any) -> None:
+    p = project(SOURCE, partitions=1, auto_offset_reset="latest")
+    for n in range(5):
+        p.app_module.note.delay(n)
+    p.app.flush()
+    h = inproc(p)
+    failures = []
+
+    def flaky_lookups(consumer: Any) -> None:
+        # The group committed offset 3 (records 0-2 done); then the coordinator stops answering
+        # for a while: the first lookups time out, as kafka-python reports a broker stall.
+        consumer.commit({h.tp(0): OffsetAndMetadata(3, "", -1)})
+        real = consumer.committed
+
+        def committed(tp: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(failures) < 2:
+                failures.append(tp)
+                raise KafkaTimeoutError("OffsetFetch timed out")
+            return real(tp, *args, **kwargs)
+
+        consumer.committed = committed
+
+    h.start([0], before_assign=flaky_lookups)
+    h.step_until(lambda: len(p.effects("note")) >= 2, 30,
+                 "records after the committed offset never ran (the worker guessed a start position)")
+    h.step_until(lambda: h.worker.partitions[h.tp(0)].tracker.committed == 5, 30, "offset 5 committed")
+    assert sorted(e["n"] for e in p.effects("note")) == [3, 4]
+    assert len(failures) == 2, "the lookup was tried again after each failure"
