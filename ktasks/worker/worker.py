@@ -253,11 +253,21 @@ class Worker:
         if ps is None and tp in self.consumer.assignment():
             # Records for a partition the consumer owns but whose assignment callback we have
             # not seen yet (kafka-python can hand out buffered records around a rebalance).
-            # Dropping them would lose them until a restart: the position has moved past them.
-            self._epoch += 1
-            ps = self.partitions[tp] = PartitionState(tp, self._epoch)
-            logger.debug("records for %s/%d before its assignment callback: taking them", tp.topic,
-                         tp.partition)
+            # They come from kafka-python's position, which may be past the committed offset
+            # (an eager revoke and assign keeps the position fetched up to): starting there
+            # would commit the records in between without running them. Start the partition
+            # at its committed offset, as the callback would, and let these records come again.
+            committed = self._committed(tp)
+            if committed is not _UNKNOWN:
+                self._epoch += 1
+                self._start_at(tp, committed)
+                new = self.partitions[tp]
+                new.paused = tp in set(self.consumer.paused())
+                self._update_pause(new)
+                logger.debug("records %d-%d of %s/%d before its assignment callback: starting it at the "
+                             "committed offset %s instead", records[0].offset, records[-1].offset, tp.topic,
+                             tp.partition, committed)
+            return
         if ps is None or ps.revoking:
             logger.debug("dropping %d records of %s/%d: partition %s", len(records), tp.topic, tp.partition,
                          "not ours" if ps is None else "being revoked")

@@ -38,12 +38,13 @@ class InProcessWorker:
     def tp(self, partition: int, topic: str | None = None) -> TopicPartition:
         return TopicPartition(topic or self.project.topic, partition)
 
-    def start(self, partitions: list[int], before_assign: Callable[[Any], None] | None = None
-              ) -> list[TopicPartition]:
+    def start(self, partitions: list[int], before_assign: Callable[[Any], None] | None = None,
+              notify: bool = True) -> list[TopicPartition]:
         """Start the children and a consumer owning ``partitions`` of the task topic.
 
         ``before_assign(consumer)`` runs once the consumer exists, before the worker hears of
-        its partitions.
+        its partitions. ``notify=False``: the worker is not told (its assignment callback
+        has not run yet).
         """
         w = self.worker
         topics = w.topics + list(w._retry_topics)
@@ -54,7 +55,8 @@ class InProcessWorker:
         w.consumer.assign(tps)
         if before_assign is not None:
             before_assign(w.consumer)
-        w._on_assigned(tps)
+        if notify:
+            w._on_assigned(tps)
         return tps
 
     def in_thread(self, fn: Callable[[], T]) -> tuple[threading.Thread, list[T]]:

@@ -67,3 +67,25 @@ def test_a_failed_committed_offset_lookup_is_retried_not_read_as_no_commit(proje
     h.step_until(lambda: h.worker.partitions[h.tp(0)].tracker.committed == 5, 30, "offset 5 committed")
     assert sorted(e["n"] for e in p.effects("note")) == [3, 4]
     assert len(failures) == 2, "the lookup was tried again after each failure"
+
+
+def test_records_fetched_before_the_assignment_callback_start_at_the_committed_offset(
+        project: Any, inproc: Any) -> None:
+    p = project(SOURCE, partitions=1)
+    for n in range(10):
+        p.app_module.note.delay(n)
+    p.app.flush()
+    h = inproc(p)
+
+    def fetched_ahead(consumer: Any) -> None:
+        # The group committed offset 2; kafka-python's position is 5 (after an eager revoke and
+        # assign it keeps the position it had fetched up to), and records come before the
+        # worker's assignment callback ran.
+        consumer.commit({h.tp(0): OffsetAndMetadata(2, "", -1)})
+        consumer.seek(h.tp(0), 5)
+
+    h.start([0], before_assign=fetched_ahead, notify=False)
+    h.step_until(lambda: (ps := h.worker.partitions.get(h.tp(0))) is not None and ps.tracker.committed == 10,
+                 60, "offset 10 committed")
+    assert sorted(e["n"] for e in p.effects("note")) == list(range(2, 10)), \
+        "every record from the committed offset on ran; none was committed without running"
