@@ -393,6 +393,8 @@ class Worker:
 
     def _finish(self, job: Job, res: list[Any]) -> None:
         status, duration = res[1], res[2]
+        if self._fenced(job, f"result {status!r}"):
+            return
         if status == OK and job.task is not None:
             name = job.task.name
             avg = self._durations.get(name)
@@ -426,6 +428,8 @@ class Worker:
         lost_seq = running[0] if running is not None else None
         requeue: list[Job] = []
         for job in jobs:
+            if self.partitions.get(job.ps.tp) is not job.ps:
+                continue          # a revoked epoch's record: its new owner runs it
             if job.seq == lost_seq:
                 killed_for_limit = child.kill_reason == "time-limit"
                 exc = (TimeLimitExceeded(f"ran past time_limit_s={job.task.options.time_limit_s}")
@@ -532,7 +536,23 @@ class Worker:
         self.app.middleware.after("on_dead_letter", job.message, reason)
         self._publish(PendingPublish(job, "dead-letter", send))
 
+    def _fenced(self, job: Job, what: str) -> bool:
+        """True (and nothing is done) when ``job`` belongs to an assignment epoch we no longer own.
+
+        Its partition was revoked or lost since the record was taken: the new owner runs the
+        record again, so a completion, retry or dead-letter copy from this epoch would run
+        it twice (or move someone else's offset). A revoking partition still owns its jobs.
+        """
+        if self.partitions.get(job.ps.tp) is job.ps:
+            return False
+        logger.info("%s of %s@%d dropped: its partition was revoked since the record was taken "
+                    "(epoch %d); its new owner decides", what, job.record.topic, job.offset, job.ps.epoch,
+                    extra=job.log_extra())
+        return True
+
     def _publish(self, pending: PendingPublish) -> None:
+        if self._fenced(pending.job, f"{pending.kind} publish"):
+            return
         self.publishing.append(pending)
         self._try_send(pending)
 

@@ -12,6 +12,7 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
+from tests.fixtures.app import end_offsets
 from tests.fixtures.worker import wait_effects
 
 SOURCE = """
@@ -89,3 +90,29 @@ def test_records_fetched_before_the_assignment_callback_start_at_the_committed_o
                  60, "offset 10 committed")
     assert sorted(e["n"] for e in p.effects("note")) == list(range(2, 10)), \
         "every record from the committed offset on ran; none was committed without running"
+
+
+def test_results_of_a_lost_assignment_publish_nothing(project: Any, inproc: Any, kafka_bootstrap: str) -> None:
+    p = project("""
+        @app.task(max_retries=3)
+        def fails_late(n):
+            effect("started", n=n)
+            while not os.path.exists(EFFECTS + ".go"):
+                time.sleep(0.02)
+            raise IOError("failed after its partition moved")
+    """, partitions=1)
+    h = inproc(p)
+    [tp] = h.start([0])
+    p.app_module.fails_late.delay(1)
+    p.app.flush()
+    h.step_until(lambda: p.effects("started"), 30, "the task started")
+    # The partition is taken away while the task runs (its new owner runs the record again).
+    thread, _ = h.in_thread(lambda: h.worker._on_lost([tp]))
+    thread.join(30)
+    (p.dir / "effects.jsonl.go").write_text("")
+    h.step_until(lambda: h.worker._in_flight == 0, 30, "the task's failure came back")
+    h.worker._pump_publishes()
+    p.app.flush()
+    for topic in p.app.retry_topics(p.topic) + [p.app.dead_letter_topic(p.topic)]:
+        assert sum(end_offsets(kafka_bootstrap, topic).values()) == 0, \
+            f"a retry or dead letter of the lost assignment was published to {topic}"
