@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,8 +83,11 @@ class Pool:
         self.children: list[ChildProc] = []
         self._next_index = 0
         self.replaced = 0
+        self._owner: int | None = None     # the thread that starts children (the worker's loop)
+        self._owed = 0                     # replacements asked for on another thread, not started yet
 
     def start(self, timeout_s: float = 120.0) -> None:
+        self._owner = threading.get_ident()
         for _ in range(self.size):
             self.children.append(self._spawn())
         self.wait_ready(timeout_s)
@@ -170,9 +174,29 @@ class Pool:
         except OSError:
             pass
 
-    def replace(self, child: ChildProc) -> ChildProc:
-        """Forget a dead (or retired) child and spawn another in its place."""
+    def replace(self, child: ChildProc) -> ChildProc | None:
+        """Forget a dead (or retired) child and spawn another in its place.
+
+        Only the thread that started the pool spawns: a child's parent-death signal
+        (PR_SET_PDEATHSIG) fires when the *thread* that forked it exits, so a child started
+        on a short-lived thread (a rebalance callback's) would be killed with that thread.
+        Asked on another thread, the replacement is owed and :meth:`refill` starts it (None
+        is returned).
+        """
         self.remove(child)
+        if self._owner is not None and threading.get_ident() != self._owner:
+            self._owed += 1
+            logger.debug("child %d: replacement deferred to the worker's loop", child.index)
+            return None
+        return self._add()
+
+    def refill(self) -> None:
+        """Start the replacements owed (call on the thread that started the pool)."""
+        while self._owed > 0:
+            self._owed -= 1
+            self._add()
+
+    def _add(self) -> ChildProc:
         new = self._spawn()
         self.children.append(new)
         self.replaced += 1

@@ -227,6 +227,8 @@ class Worker:
             self._check_time_limits()
             self._pump_publishes()
             self._maybe_commit()
+            if not self._stop:
+                self.pool.refill()     # children replaced during a rebalance callback start here
 
     def _drained(self) -> bool:
         if self._in_flight or self.ready or self.publishing or self._idle_polls < 3:
