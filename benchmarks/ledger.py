@@ -100,8 +100,8 @@ def measure(led: Ledger, existing: list[str], size: int, n_tasks: int, n_lookups
     select = f"SELECT state FROM {TABLE} WHERE key = ?"
 
     res = per_op({
-        "lookup hit": lambda i: led.get(hits[i]) and None,
-        "lookup miss": lambda i: led.get(misses[i]) and None,
+        "lookup hit": lambda i: led.get(hits[i], task="t") and None,
+        "lookup miss": lambda i: led.get(misses[i], task="t") and None,
         "lookup hit, raw SELECT": lambda i: raw.execute(select, (hits[i],)).fetchone() and None,
     }, n_lookups, repeats)
     raw.close()
@@ -111,14 +111,14 @@ def measure(led: Ledger, existing: list[str], size: int, n_tasks: int, n_lookups
     def batched(i: int) -> None:
         key = new["b"][i]
         led.begin(key, "bench.task", 0, 3)
-        led.succeeded(key, {"i": i}, 0.001)
+        led.succeeded(key, {"i": i}, 0.001, task="bench.task")
         if i % BATCH == BATCH - 1:
             led.flush()
 
     def unbatched(i: int) -> None:
         key = new["u"][i]
         led.begin(key, "bench.task", 0, 3)
-        led.succeeded(key, {"i": i}, 0.001)
+        led.succeeded(key, {"i": i}, 0.001, task="bench.task")
         led.flush()
 
     def bound(i: int) -> None:
@@ -126,7 +126,7 @@ def measure(led: Ledger, existing: list[str], size: int, n_tasks: int, n_lookups
         led.begin(key, "bench.task", 0, 3)
         with led.transaction() as conn:
             conn.execute("INSERT INTO bench_side (key) VALUES (?)", (key,))
-            led.succeeded(key, {"i": i}, 0.001, conn=conn)
+            led.succeeded(key, {"i": i}, 0.001, conn=conn, task="bench.task")
 
     res.update(per_op({"batched task": batched, "unbatched task": unbatched, "bound task": bound},
                       n_tasks, repeats))

@@ -3,8 +3,9 @@
 Kafka redelivers. After a crash or a rebalance the new owner of a partition
 resumes from the last committed offset, so records that finished but were not
 yet committed arrive again. Before a worker runs a task it asks the ledger
-(:meth:`Ledger.begin`) under the task's idempotency key (the caller's
-``idempotency_key``, else the task id):
+(:meth:`Ledger.begin`) under the task's name and idempotency key (the
+caller's ``idempotency_key``, else the task id). A key names an execution of
+*one task*: the same key given to two tasks names two executions.
 
 * ``skip``: the key is recorded as succeeded; do not run it, count the offset
   as finished.
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES"]
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Our table. Prefixed, because bound tasks keep their own tables in the same file.
 TABLE = "ktasks_ledger"
 #: ``PRAGMA application_id`` of a ledger file ("ktlg"), so tools can tell one from any other SQLite file.
@@ -75,7 +76,8 @@ _COLUMNS = (
     "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
     "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
 )
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ?"
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? AND task = ?"
+_SELECT_KEY = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? ORDER BY task"
 _INSERT_START = (
     f"INSERT INTO {TABLE} (key, task, state, attempt, starts, total_starts, host, pid, started_at, updated_at) "
     f"VALUES (?, ?, '{STARTED}', ?, 1, 1, ?, ?, ?, ?)"
@@ -83,24 +85,24 @@ _INSERT_START = (
 # A new start clears the previous finish (its time, result) but keeps the last failure's
 # exception: when a key ends up poison, the failure before the crashes is the best clue.
 _UPDATE_START = (
-    f"UPDATE {TABLE} SET task = ?, state = '{STARTED}', attempt = ?, starts = ?, "
+    f"UPDATE {TABLE} SET state = '{STARTED}', attempt = ?, starts = ?, "
     "total_starts = total_starts + 1, host = ?, pid = ?, started_at = ?, finished_at = NULL, "
-    "duration_s = NULL, result = NULL, note = NULL, updated_at = ? WHERE key = ?"
+    "duration_s = NULL, result = NULL, note = NULL, updated_at = ? WHERE key = ? AND task = ?"
 )
 # Finishes are upserts: a finish without a start (eager runs, a start lost with its
 # process) still leaves a record. A finish resets ``starts``: it counts starts since
 # the last finish, which is what poison detection needs.
 _SUCCEEDED = (
-    f"INSERT INTO {TABLE} (key, state, finished_at, duration_s, result, note, updated_at) "
-    f"VALUES (?, '{SUCCEEDED}', ?, ?, ?, ?, ?) "
-    f"ON CONFLICT(key) DO UPDATE SET state = '{SUCCEEDED}', starts = 0, "
+    f"INSERT INTO {TABLE} (key, task, state, finished_at, duration_s, result, note, updated_at) "
+    f"VALUES (?, ?, '{SUCCEEDED}', ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(key, task) DO UPDATE SET state = '{SUCCEEDED}', starts = 0, "
     "finished_at = excluded.finished_at, duration_s = excluded.duration_s, result = excluded.result, "
     "note = excluded.note, updated_at = excluded.updated_at"
 )
 _FAILED = (
-    f"INSERT INTO {TABLE} (key, state, finished_at, exc_type, exc_message, traceback, updated_at) "
-    f"VALUES (?, '{FAILED}', ?, ?, ?, ?, ?) "
-    f"ON CONFLICT(key) DO UPDATE SET state = '{FAILED}', starts = 0, "
+    f"INSERT INTO {TABLE} (key, task, state, finished_at, exc_type, exc_message, traceback, updated_at) "
+    f"VALUES (?, ?, '{FAILED}', ?, ?, ?, ?, ?) "
+    f"ON CONFLICT(key, task) DO UPDATE SET state = '{FAILED}', starts = 0, "
     "finished_at = excluded.finished_at, duration_s = excluded.finished_at - started_at, result = NULL, "
     "note = NULL, exc_type = excluded.exc_type, exc_message = excluded.exc_message, "
     "traceback = excluded.traceback, updated_at = excluded.updated_at "
@@ -112,7 +114,7 @@ _FAILED = (
 # Marks a key poison when begin() decides so: a redelivery of the same record is
 # dead-lettered again at once, while a replay (begin(replay=True)) starts afresh.
 _POISONED = (
-    f"UPDATE {TABLE} SET state = '{POISONED}', finished_at = ?, updated_at = ? WHERE key = ?"
+    f"UPDATE {TABLE} SET state = '{POISONED}', finished_at = ?, updated_at = ? WHERE key = ? AND task = ?"
 )
 # Only finished entries are pruned: an unfinished one is the evidence that makes a
 # poison message poison. ``finished_at`` is NULL while started, and indexed.
@@ -252,7 +254,7 @@ class Ledger:
         self.max_pending = max_pending
         self._pid = os.getpid()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
-        self._pending_keys: set[str] = set()
+        self._pending_keys: set[tuple[str, str]] = set()
         self._in_user_tx = False
         self._tx_changes = 0
         self._closed = False
@@ -364,17 +366,17 @@ class Ledger:
                 # Buffered finishes wait for flush(): written together they touch few
                 # pages, and a start stays a small transaction. They ride along here
                 # only when this key has one (it must be seen) or the buffer is full.
-                carried = bool(self._pending) and (key in self._pending_keys
+                carried = bool(self._pending) and ((key, task) in self._pending_keys
                                                    or len(self._pending) >= self.max_pending)
                 if carried:
                     self._write_pending()
-                row = conn.execute(_SELECT, (key,)).fetchone()
+                row = conn.execute(_SELECT, (key, task)).fetchone()
                 entry = None if row is None else Entry(*row)
                 if entry is None:
                     conn.execute(_INSERT_START, (key, task, attempt, host, pid, now, now))
                     decision = Decision(Kind.RUN, None, 1)
                 elif force or (replay and entry.state == POISONED):
-                    conn.execute(_UPDATE_START, (task, attempt, 1, host, pid, now, now, key))
+                    conn.execute(_UPDATE_START, (attempt, 1, host, pid, now, now, key, task))
                     decision = Decision(Kind.RUN, entry, 1)
                 elif entry.state == SUCCEEDED:
                     decision = Decision(Kind.SKIP, entry, 0)
@@ -391,10 +393,10 @@ class Ledger:
                     self._clear_pending()
                     return None, entry.pid
                 elif entry.state == STARTED and 0 < max_starts <= entry.starts:
-                    conn.execute(_POISONED, (now, now, key))
+                    conn.execute(_POISONED, (now, now, key, task))
                     decision = Decision(Kind.POISON, entry, entry.starts)
                 else:
-                    conn.execute(_UPDATE_START, (task, attempt, entry.starts + 1, host, pid, now, now, key))
+                    conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, now, now, key, task))
                     decision = Decision(Kind.RUN, entry, entry.starts + 1)
                 conn.execute(_COMMIT)
             except BaseException:
@@ -470,9 +472,9 @@ class Ledger:
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
-    def succeeded(self, key: str, result: Any, duration_s: float, *,
+    def succeeded(self, key: str, result: Any, duration_s: float, *, task: str,
                   conn: sqlite3.Connection | None = None) -> None:
-        """Record that ``key`` succeeded, returning ``result``.
+        """Record that ``task``'s execution ``key`` succeeded, returning ``result``.
 
         With ``conn`` (inside :meth:`transaction`) the record joins that
         transaction and commits with it. Without, it is buffered until
@@ -482,9 +484,9 @@ class Ledger:
         """
         self._check_usable("succeeded")
         encoded, note = self._encode_result(key, result)
-        params = (key, time.time(), float(duration_s), encoded, note, time.time())
+        params = (key, task, time.time(), float(duration_s), encoded, note, time.time())
         if conn is None:
-            self._buffer(key, _SUCCEEDED, params)
+            self._buffer((key, task), _SUCCEEDED, params)
             return
         self._succeeded_in_tx(conn, key, params)
 
@@ -530,8 +532,8 @@ class Ledger:
             return None, f"result not stored: {len(encoded)} bytes > max_result_bytes {self.max_result_bytes}"
         return encoded, None
 
-    def failed(self, key: str, exc: BaseException, tb: str | None = None) -> None:
-        """Record that this attempt of ``key`` raised ``exc`` (buffered, like :meth:`succeeded`).
+    def failed(self, key: str, exc: BaseException, tb: str | None = None, *, task: str) -> None:
+        """Record that this attempt of ``task``'s ``key`` raised ``exc`` (buffered, like :meth:`succeeded`).
 
         ``tb`` defaults to the traceback carried by ``exc``. A failed key runs
         again when it comes back (the retry path decides whether it does).
@@ -544,11 +546,11 @@ class Ledger:
         except Exception:  # a broken __str__ must not lose the record
             message = repr(exc)
         now = time.time()
-        self._buffer(key, _FAILED, (key, now, _qualname(exc), message, tb, now))
+        self._buffer((key, task), _FAILED, (key, task, now, _qualname(exc), message, tb, now))
 
-    def _buffer(self, key: str, sql: str, params: tuple[Any, ...]) -> None:
+    def _buffer(self, ident: tuple[str, str], sql: str, params: tuple[Any, ...]) -> None:
         self._pending.append((sql, params))
-        self._pending_keys.add(key)
+        self._pending_keys.add(ident)
 
     def _write_pending(self) -> None:
         for sql, params in self._pending:
@@ -590,16 +592,27 @@ class Ledger:
         return len(self._pending)
 
     # -- reading and maintenance --------------------------------------------------
-    def get(self, key: str) -> Entry | None:
-        """The record of ``key``, or ``None``. Flushes first if ``key`` has a buffered finish."""
+    def get(self, key: str, *, task: str) -> Entry | None:
+        """The record of ``task``'s ``key``, or ``None``. Flushes first if it has a buffered finish."""
         self._check_usable("get")
-        if key in self._pending_keys and not self._in_user_tx:
+        if (key, task) in self._pending_keys and not self._in_user_tx:
             self.flush()
         try:
-            row = self._conn.execute(_SELECT, (key,)).fetchone()
+            row = self._conn.execute(_SELECT, (key, task)).fetchone()
         except sqlite3.Error as exc:
-            raise _ledger_error(f"get({key!r})", exc) from exc
+            raise _ledger_error(f"get({key!r}, task={task!r})", exc) from exc
         return None if row is None else Entry(*row)
+
+    def find(self, key: str) -> list[Entry]:
+        """Every task's record under ``key`` (tools look a key up without knowing its task)."""
+        self._check_usable("find")
+        if self._pending and not self._in_user_tx:
+            self.flush()
+        try:
+            rows = self._conn.execute(_SELECT_KEY, (key,)).fetchall()
+        except sqlite3.Error as exc:
+            raise _ledger_error(f"find({key!r})", exc) from exc
+        return [Entry(*row) for row in rows]
 
     def stats(self) -> dict[str, Any]:
         """Counts by state, total, file sizes and the oldest times (a full scan: for tools, not hot paths)."""
@@ -669,15 +682,15 @@ class Ledger:
             logger.info("ledger: pruned %d entries finished before %s", total, time.ctime(cutoff))
         return total
 
-    def forget(self, key: str) -> bool:
-        """Delete the record of ``key`` whatever its state, so its next delivery runs as if new."""
+    def forget(self, key: str, *, task: str) -> bool:
+        """Delete the record of ``task``'s ``key`` whatever its state, so its next delivery runs as if new."""
         self._check_usable("forget")
-        if key in self._pending_keys:
+        if (key, task) in self._pending_keys:
             self.flush()
         try:
-            cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE key = ?", (key,))
+            cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE key = ? AND task = ?", (key, task))
         except sqlite3.Error as exc:
-            raise _ledger_error(f"forget({key!r})", exc) from exc
+            raise _ledger_error(f"forget({key!r}, task={task!r})", exc) from exc
         return cur.rowcount > 0
 
     def close(self) -> None:
@@ -746,8 +759,35 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.table(TABLE).create_index(["finished_at"], index_name=f"{TABLE}_finished_at")
 
 
+def _migrate_2(db: sqlite_utils.Database) -> None:
+    # Version 1 keyed an entry by the idempotency key alone, so two tasks given the same key
+    # shared one entry and the second was skipped as "already succeeded". From version 2 an
+    # entry is one task's execution: the primary key is (key, task), key first so that tools
+    # looking a key up without its task still search the index. SQLite cannot change a primary
+    # key in place: build the new table, copy every row (no two collide, keys were unique),
+    # and swap it in. A version-1 row without a task (a finish recorded without a start) keeps
+    # the empty task name.
+    conn = db.conn
+    old = f"{TABLE}_v1"
+    conn.execute(f"DROP INDEX IF EXISTS {TABLE}_finished_at")
+    conn.execute(f"ALTER TABLE {TABLE} RENAME TO {old}")
+    conn.execute(
+        f"CREATE TABLE {TABLE} ("
+        "key TEXT NOT NULL, task TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, "
+        "attempt INTEGER NOT NULL DEFAULT 0, starts INTEGER NOT NULL DEFAULT 0, "
+        "total_starts INTEGER NOT NULL DEFAULT 0, host TEXT, pid INTEGER, started_at FLOAT, "
+        "finished_at FLOAT, duration_s FLOAT, result BLOB, note TEXT, exc_type TEXT, exc_message TEXT, "
+        "traceback TEXT, updated_at FLOAT NOT NULL, PRIMARY KEY (key, task))"
+    )
+    columns = ", ".join(_COLUMNS)
+    conn.execute(f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {old}")
+    conn.execute(f"DROP TABLE {old}")
+    # Prune and "oldest finished" walk this index instead of scanning the table.
+    conn.execute(f"CREATE INDEX {TABLE}_finished_at ON {TABLE} (finished_at)")
+
+
 #: Migration to version N is ``_MIGRATIONS[N]``; each runs in the transaction that bumps the version.
-_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1}
+_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2}
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -94,7 +94,12 @@ class Message:
 
     @property
     def ledger_key(self) -> str:
-        """The key the ledger records this execution under."""
+        """The key the ledger records this execution under, together with the task name.
+
+        A key names one execution *of this task*: the ledger scopes it by
+        :attr:`task`, so the same ``idempotency_key`` given to two tasks names
+        two executions.
+        """
         return self.idempotency_key or self.id
 
     def to_dict(self) -> dict[str, Any]:

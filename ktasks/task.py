@@ -226,9 +226,10 @@ class Task(Generic[P, R]):
         """Enqueue a call.
 
         ``key`` routes the message: the same key always lands on the same
-        partition and runs in order. ``idempotency_key`` names the execution
-        in the ledger (default: the task id): a key that already succeeded
-        never runs again. ``countdown_s`` delays the first run.
+        partition and runs in order. ``idempotency_key`` names this task's
+        execution in the ledger (default: the task id): a key that already
+        succeeded for this task never runs it again; other tasks given the same
+        key are not affected. ``countdown_s`` delays the first run.
         """
         return self.app.send_task(
             self.name, args=args, kwargs=kwargs, key=key, task_id=task_id,

@@ -78,6 +78,51 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path: Path) -> None:
         Ledger(foreign)
 
 
+def _v1_ledger(path: Path) -> None:
+    """A ledger file as ktasks with schema version 1 wrote it (entries keyed by the key alone)."""
+    import sqlite_utils
+
+    from ktasks.ledger import _MIGRATIONS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _raw(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    _MIGRATIONS[1](sqlite_utils.Database(conn))
+    cols = "key, task, state, attempt, starts, total_starts, host, pid, started_at, finished_at, result, updated_at"
+    rows = [
+        ("invoice-42", "billing.charge", "succeeded", 0, 0, 1, "h", 1, 1.0, 2.0, b"\x2a", 2.0),
+        ("crashy", "billing.refund", "started", 0, 2, 2, "h", 1, 1.0, None, None, 1.0),
+        ("eager-finish", "", "succeeded", 0, 0, 0, None, None, None, 3.0, None, 3.0),
+    ]
+    conn.executemany(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' * 12)})", rows)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+def test_schema_1_ledger_is_migrated_keeping_every_entry(path: Path) -> None:
+    _v1_ledger(path)
+    with Ledger(path) as led:
+        assert led.stats()["schema_version"] == SCHEMA_VERSION == 2
+        charged = led.get("invoice-42", task="billing.charge")
+        assert charged is not None and charged.state == "succeeded" and charged.result_value() == 42
+        crashy = led.get("crashy", task="billing.refund")
+        assert crashy is not None and crashy.state == "started" and crashy.starts == 2
+        assert [e.task for e in led.find("eager-finish")] == [""]
+        # The migrated entries keep deciding as before: a success skips, crashes still count.
+        assert led.begin("invoice-42", "billing.charge", 0, 3).kind == "skip"
+        assert led.begin("crashy", "billing.refund", 0, 3).starts == 3
+        # And now the key is the task's own: another task with the same key runs.
+        assert led.begin("invoice-42", "billing.receipt", 0, 3).kind == "run"
+    with _raw(path) as conn:
+        pk = [r[1] for r in sorted(conn.execute(f"PRAGMA table_info({TABLE})"), key=lambda r: r[5]) if r[5]]
+        assert pk == ["key", "task"]
+        plan = " ".join(r[-1] for r in conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT rowid FROM {TABLE} WHERE finished_at < 1 LIMIT 5"))
+        assert f"{TABLE}_finished_at" in plan
+    Ledger(path).close()  # migrated once: reopening is a no-op
+
+
 def test_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert Ledger.default_path("billing") == tmp_path / "xdg" / "ktasks" / "billing.ledger.sqlite3"
@@ -98,19 +143,36 @@ def test_run_then_skip_after_success(path: Path, ledger: Ledger) -> None:
     first = ledger.begin("k", "mod.task", 0, 3)
     assert first.kind == "run" and first.kind is Kind.RUN and first.entry is None and first.starts == 1
     assert _state(path, "k") == ("started", 1, 1)  # the start is committed before begin returns
-    ledger.succeeded("k", {"total": 3}, 0.25)
+    ledger.succeeded("k", {"total": 3}, 0.25, task="mod.task")
     again = ledger.begin("k", "mod.task", 0, 3)
     assert again.kind == "skip" and again.entry is not None
     assert again.entry.state == "succeeded" and again.entry.result_value() == {"total": 3}
-    entry = ledger.get("k")
+    entry = ledger.get("k", task="mod.task")
     assert entry is not None and entry.duration_s == 0.25 and entry.starts == 0 and entry.total_starts == 1
     assert entry.host and entry.pid == os.getpid() and entry.started_at and entry.finished_at
+
+
+def test_a_key_names_one_execution_of_one_task(ledger: Ledger) -> None:
+    # charge and send_receipt both keyed "invoice-42": the receipt is not "already succeeded".
+    assert ledger.begin("invoice-42", "billing.charge", 0, 3).kind == "run"
+    ledger.succeeded("invoice-42", "charged", 0.1, task="billing.charge")
+    receipt = ledger.begin("invoice-42", "billing.send_receipt", 0, 3)
+    assert receipt.kind == "run" and receipt.entry is None
+    ledger.failed("invoice-42", RuntimeError("smtp down"), task="billing.send_receipt")
+    assert ledger.begin("invoice-42", "billing.charge", 0, 3).kind == "skip"
+    charged = ledger.get("invoice-42", task="billing.charge")
+    receipt_entry = ledger.get("invoice-42", task="billing.send_receipt")
+    assert charged is not None and charged.state == "succeeded" and charged.result_value() == "charged"
+    assert receipt_entry is not None and receipt_entry.state == "failed"
+    assert [e.task for e in ledger.find("invoice-42")] == ["billing.charge", "billing.send_receipt"]
+    assert ledger.forget("invoice-42", task="billing.send_receipt")
+    assert [e.task for e in ledger.find("invoice-42")] == ["billing.charge"]
 
 
 def test_poison_after_max_starts_without_finishing(ledger: Ledger) -> None:
     # Each begin without a finish is a process that died mid-task.
     assert [ledger.begin("p", "t", 0, 3).kind for _ in range(4)] == ["run", "run", "run", "poison"]
-    entry = ledger.get("p")
+    entry = ledger.get("p", task="t")
     assert entry is not None and entry.state == "poisoned" and entry.starts == 3 and entry.finished_at
     # A redelivery of the same record (the dead-letter copy not yet committed) is poison again.
     poison = ledger.begin("p", "t", 0, 5)
@@ -128,7 +190,7 @@ def test_poison_after_max_starts_without_finishing(ledger: Ledger) -> None:
 
 def test_replay_and_force_after_success(ledger: Ledger) -> None:
     ledger.begin("s", "t", 0, 3)
-    ledger.succeeded("s", 1, 0.1)
+    ledger.succeeded("s", 1, 0.1, task="t")
     assert ledger.begin("s", "t", 0, 3, replay=True).kind == "skip"  # a plain replay skips a success
     forced = ledger.begin("s", "t", 0, 3, replay=True, force=True)
     assert forced.kind == "run" and forced.starts == 1 and forced.entry is not None
@@ -141,8 +203,8 @@ def test_failure_is_a_finish_and_runs_again(ledger: Ledger) -> None:
     try:
         raise ValueError("bad input")
     except ValueError as exc:
-        ledger.failed("f", exc)
-    entry = ledger.get("f")
+        ledger.failed("f", exc, task="t")
+    entry = ledger.get("f", task="t")
     assert entry is not None and entry.state == "failed" and entry.starts == 0
     assert entry.exc_type == "ValueError" and entry.exc_message == "bad input"
     assert entry.traceback is not None and "raise ValueError" in entry.traceback
@@ -152,16 +214,16 @@ def test_failure_is_a_finish_and_runs_again(ledger: Ledger) -> None:
     assert retry.kind == "run" and retry.starts == 1
     assert ledger.begin("f", "t", 1, 2).kind == "run"
     assert ledger.begin("f", "t", 1, 2).kind == "poison"
-    entry = ledger.get("f")
+    entry = ledger.get("f", task="t")
     assert entry is not None and entry.attempt == 1 and entry.total_starts == 4
     assert entry.exc_type == "ValueError"  # the last failure is kept as a clue
 
 
 def test_failure_never_undoes_a_success(ledger: Ledger) -> None:
     ledger.begin("s", "t", 0, 3)
-    ledger.succeeded("s", 1, 0.1)
-    ledger.failed("s", RuntimeError("late"), "tb")
-    entry = ledger.get("s")
+    ledger.succeeded("s", 1, 0.1, task="t")
+    ledger.failed("s", RuntimeError("late"), "tb", task="t")
+    entry = ledger.get("s", task="t")
     assert entry is not None and entry.state == "succeeded"
     assert ledger.begin("s", "t", 1, 3).kind == "skip"
 
@@ -172,18 +234,18 @@ class _Custom(Exception):
 
 def test_exception_type_is_qualified(ledger: Ledger) -> None:
     ledger.begin("q", "t", 0, 3)
-    ledger.failed("q", _Custom("x"), "given traceback")
-    entry = ledger.get("q")
+    ledger.failed("q", _Custom("x"), "given traceback", task="t")
+    entry = ledger.get("q", task="t")
     assert entry is not None and entry.exc_type == f"{__name__}._Custom" and entry.traceback == "given traceback"
 
 
 def test_unencodable_or_huge_result_is_a_note_not_a_failure(path: Path) -> None:
     with Ledger(path, max_result_bytes=100) as led:
         led.begin("a", "t", 0, 3)
-        led.succeeded("a", object(), 0.1)
+        led.succeeded("a", object(), 0.1, task="t")
         led.begin("b", "t", 0, 3)
-        led.succeeded("b", "x" * 1000, 0.1)
-        a, b = led.get("a"), led.get("b")
+        led.succeeded("b", "x" * 1000, 0.1, task="t")
+        a, b = led.get("a", task="t"), led.get("b", task="t")
     assert a is not None and a.state == "succeeded" and a.result is None and "not encodable" in (a.note or "")
     assert b is not None and b.state == "succeeded" and b.result is None and "max_result_bytes" in (b.note or "")
 
@@ -191,9 +253,9 @@ def test_unencodable_or_huge_result_is_a_note_not_a_failure(path: Path) -> None:
 # -- batching --------------------------------------------------------------------------
 def test_finishes_are_buffered_until_flush(path: Path, ledger: Ledger) -> None:
     ledger.begin("a", "t", 0, 3)
-    ledger.succeeded("a", 1, 0.1)
+    ledger.succeeded("a", 1, 0.1, task="t")
     ledger.begin("b", "t", 0, 3)
-    ledger.failed("b", RuntimeError("x"))
+    ledger.failed("b", RuntimeError("x"), task="t")
     assert ledger.pending == 2
     assert _state(path, "a") == ("started", 1, 1) and _state(path, "b") == ("started", 1, 1)
     ledger.flush()
@@ -201,20 +263,20 @@ def test_finishes_are_buffered_until_flush(path: Path, ledger: Ledger) -> None:
     assert _state(path, "a") == ("succeeded", 0, 1) and _state(path, "b") == ("failed", 0, 1)
     ledger.flush()  # nothing pending: no-op
     ledger.begin("c", "t", 0, 3)
-    ledger.succeeded("c", 1, 0.1)
-    entry = ledger.get("c")  # reads its own buffered writes
+    ledger.succeeded("c", 1, 0.1, task="t")
+    entry = ledger.get("c", task="t")  # reads its own buffered writes
     assert entry is not None and entry.state == "succeeded"
 
 
 def test_begin_carries_buffered_finishes_when_needed(path: Path) -> None:
     with Ledger(path, max_pending=3) as led:
         led.begin("a", "t", 0, 3)
-        led.succeeded("a", 1, 0.1)
+        led.succeeded("a", 1, 0.1, task="t")
         assert led.begin("a", "t", 0, 3).kind == "skip"  # its own buffered success is seen
         assert led.pending == 0 and _state(path, "a") == ("succeeded", 0, 1)
         for key in ("b", "c", "d"):
             led.begin(key, "t", 0, 3)
-            led.succeeded(key, 1, 0.1)
+            led.succeeded(key, 1, 0.1, task="t")
         assert led.pending == 3
         led.begin("e", "t", 0, 3)  # a full buffer rides along with the next start
         assert led.pending == 0 and _state(path, "d") == ("succeeded", 0, 1)
@@ -236,7 +298,7 @@ def test_transaction_commits_user_write_with_success(path: Path, ledger: Ledger)
     ledger.begin("t1", "t", 0, 3)
     with ledger.transaction() as conn:
         conn.execute("INSERT INTO side VALUES ('t1', 1)")
-        ledger.succeeded("t1", "ok", 0.1, conn=conn)
+        ledger.succeeded("t1", "ok", 0.1, conn=conn, task="t")
         assert _side_rows(path) == [] and _state(path, "t1") == ("started", 1, 1)  # not yet visible
     assert _side_rows(path) == [("t1", 1)] and _state(path, "t1") == ("succeeded", 0, 1)
 
@@ -247,15 +309,15 @@ def test_transaction_rolls_back_on_exception(path: Path, ledger: Ledger) -> None
     with pytest.raises(ZeroDivisionError):
         with ledger.transaction() as conn:
             conn.execute("INSERT INTO side VALUES ('t2', 1)")
-            ledger.succeeded("t2", "ok", 0.1, conn=conn)
+            ledger.succeeded("t2", "ok", 0.1, conn=conn, task="t")
             1 / 0  # noqa: B018
     assert _side_rows(path) == [] and _state(path, "t2") == ("started", 1, 1)
     # The worker records the failure; the retry runs and its write lands exactly once.
-    ledger.failed("t2", ZeroDivisionError())
+    ledger.failed("t2", ZeroDivisionError(), task="t")
     assert ledger.begin("t2", "t", 1, 3).kind == "run"
     with ledger.transaction() as conn:
         conn.execute("INSERT INTO side VALUES ('t2', 2)")
-        ledger.succeeded("t2", "ok", 0.1, conn=conn)
+        ledger.succeeded("t2", "ok", 0.1, conn=conn, task="t")
     assert _side_rows(path) == [("t2", 2)]
 
 
@@ -277,7 +339,7 @@ def test_transaction_refuses_a_tasks_own_commit(path: Path, ledger: Ledger) -> N
         conn.execute("ROLLBACK TO mine")
         conn.execute("RELEASE mine")
         conn.execute("INSERT INTO side VALUES ('t3', 2)")
-        ledger.succeeded("t3", None, 0.1, conn=conn)
+        ledger.succeeded("t3", None, 0.1, conn=conn, task="t")
     assert _side_rows(path) == [("t3", 2)]
     with pytest.raises(LedgerError, match="nested"):
         with ledger.transaction(), ledger.transaction():
@@ -294,7 +356,7 @@ def test_read_only_task_survives_a_stale_snapshot(path: Path, ledger: Ledger) ->
     with ledger.transaction() as conn:
         assert conn.execute("SELECT count(*) FROM side").fetchone()[0] == 0  # snapshot taken
         other.begin("someone-else", "t", 0, 3)  # commits: our snapshot is now stale
-        ledger.succeeded("r", 7, 0.1, conn=conn)
+        ledger.succeeded("r", 7, 0.1, conn=conn, task="t")
     other.close()
     assert _state(path, "r") == ("succeeded", 0, 1)
 
@@ -304,7 +366,7 @@ def _child_transaction_then_exit(path: str, key: str, exit_before_commit: bool) 
     assert led.begin(key, "t", 0, 3).kind == "run"
     with led.transaction() as conn:
         conn.execute("INSERT INTO side VALUES (?, 1)", (key,))
-        led.succeeded(key, "done", 0.1, conn=conn)
+        led.succeeded(key, "done", 0.1, conn=conn, task="t")
         if exit_before_commit:
             os._exit(3)  # killed after the task's write, before the commit
     os._exit(4)  # killed right after the commit, before reporting anything
@@ -338,7 +400,7 @@ def test_kill_after_commit_keeps_write_and_success(path: Path, ledger: Ledger) -
 def _child_buffered_then_exit(path: str, key: str, flush: bool) -> None:
     led = Ledger(path)
     led.begin(key, "t", 0, 3)
-    led.succeeded(key, 1, 0.1)
+    led.succeeded(key, 1, 0.1, task="t")
     if flush:
         led.flush()
     os._exit(5)
@@ -398,9 +460,9 @@ def _worker_process(path: str, index: int, out: Any, go: Any) -> None:
                 with led.transaction() as conn:
                     conn.execute("INSERT INTO side VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1",
                                  (key,))
-                    led.succeeded(key, j, 0.0, conn=conn)
+                    led.succeeded(key, j, 0.0, conn=conn, task="bench.task")
             else:
-                led.succeeded(key, j, 0.0)
+                led.succeeded(key, j, 0.0, task="bench.task")
             if j % 16 == 15:
                 led.flush()  # as the worker does before reporting a batch
         for key in keys[::10]:  # redelivery of finished work
@@ -440,7 +502,7 @@ def _hold_key(path: str, key: str, hold_s: float) -> None:
     led = Ledger(path)
     led.begin(key, "t", 0, 3)
     time.sleep(hold_s)
-    led.succeeded(key, "first", hold_s)
+    led.succeeded(key, "first", hold_s, task="t")
     led.close()
 
 
@@ -485,23 +547,24 @@ def test_prune_removes_only_old_finished_entries(path: Path, ledger: Ledger) -> 
     for key in ("old-ok", "old-failed", "new-ok", "old-started", "old-poison"):
         ledger.begin(key, "t", 0, 1)
     assert ledger.begin("old-poison", "t", 0, 1).kind == "poison"
-    ledger.succeeded("old-ok", 1, 0.1)
-    ledger.succeeded("new-ok", 1, 0.1)
-    ledger.failed("old-failed", RuntimeError("x"))
+    ledger.succeeded("old-ok", 1, 0.1, task="t")
+    ledger.succeeded("new-ok", 1, 0.1, task="t")
+    ledger.failed("old-failed", RuntimeError("x"), task="t")
     ledger.flush()
     for key in ("old-ok", "old-failed", "old-started", "old-poison"):
         _age(path, key, 10 * 86400)
     assert ledger.prune(7 * 86400) == 3
-    assert ledger.get("old-ok") is None and ledger.get("old-failed") is None and ledger.get("old-poison") is None
-    assert ledger.get("new-ok") is not None
-    assert ledger.get("old-started") is not None  # unfinished: the evidence for poison
-    assert ledger.forget("old-started") and not ledger.forget("old-started")
+    assert ledger.get("old-ok", task="t") is None and ledger.get("old-failed", task="t") is None \
+        and ledger.get("old-poison", task="t") is None
+    assert ledger.get("new-ok", task="t") is not None
+    assert ledger.get("old-started", task="t") is not None  # unfinished: the evidence for poison
+    assert ledger.forget("old-started", task="t") and not ledger.forget("old-started", task="t")
 
 
 def test_prune_in_batches(path: Path, ledger: Ledger) -> None:
     for i in range(25):
         ledger.begin(f"k{i}", "t", 0, 3)
-        ledger.succeeded(f"k{i}", i, 0.0)
+        ledger.succeeded(f"k{i}", i, 0.0, task="t")
     ledger.flush()
     assert ledger.prune(-1, batch=10) == 25
     assert ledger.stats()["total"] == 0
@@ -510,9 +573,9 @@ def test_prune_in_batches(path: Path, ledger: Ledger) -> None:
 def test_pruner_thread(path: Path, ledger: Ledger) -> None:
     for i in range(30):
         ledger.begin(f"k{i}", "t", 0, 3)
-        ledger.succeeded(f"k{i}", i, 0.0)
+        ledger.succeeded(f"k{i}", i, 0.0, task="t")
     ledger.begin("fresh", "t", 0, 3)
-    ledger.succeeded("fresh", 0, 0.0)
+    ledger.succeeded("fresh", 0, 0.0, task="t")
     ledger.flush()
     for i in range(30):
         _age(path, f"k{i}", 3600)
@@ -553,7 +616,7 @@ def test_prune_does_not_stall_writers(path: Path, ledger: Ledger) -> None:
             while not stop.is_set():
                 t0 = time.perf_counter()
                 led.begin(f"w{i}", "t", 0, 3)
-                led.succeeded(f"w{i}", i, 0.0)
+                led.succeeded(f"w{i}", i, 0.0, task="t")
                 led.flush()
                 latencies.append(time.perf_counter() - t0)
                 i += 1
@@ -572,9 +635,9 @@ def test_stats(path: Path, ledger: Ledger) -> None:
     ledger.begin("a", "t", 0, 3)
     ledger.begin("a", "t", 0, 3)
     ledger.begin("b", "t", 0, 3)
-    ledger.succeeded("b", 1, 0.1)
+    ledger.succeeded("b", 1, 0.1, task="t")
     ledger.begin("c", "t", 0, 3)
-    ledger.failed("c", RuntimeError())
+    ledger.failed("c", RuntimeError(), task="t")
     figures = ledger.stats()
     assert figures["total"] == 3
     assert figures["by_state"] == {"started": 1, "succeeded": 1, "failed": 1, "poisoned": 0}
@@ -586,7 +649,7 @@ def test_stats(path: Path, ledger: Ledger) -> None:
 def test_closed_ledger(path: Path) -> None:
     led = Ledger(path)
     led.begin("a", "t", 0, 3)
-    led.succeeded("a", 1, 0.1)
+    led.succeeded("a", 1, 0.1, task="t")
     led.close()  # flushes
     led.close()
     assert _state(path, "a") == ("succeeded", 0, 1)

@@ -134,14 +134,25 @@ def ledger(ctx: click.Context, ledger_path: str | None, app_ref: str | None) -> 
 @ledger.command("show")
 @click.argument("key")
 @_ledger_options
+@click.option("--task", "task_name", default=None, metavar="NAME",
+              help="The task whose entry to show, when several tasks have one under KEY.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @click.pass_context
-def show(ctx: click.Context, key: str, ledger_path: str | None, app_ref: str | None, as_json: bool) -> None:
+def show(ctx: click.Context, key: str, ledger_path: str | None, app_ref: str | None, task_name: str | None,
+         as_json: bool) -> None:
     """Show the ledger entry of KEY (an idempotency key or task id)."""
     with _open(ctx, ledger_path, app_ref) as led:
-        entry = led.get(key)
-    if entry is None:
-        raise click.ClickException(f"no entry for {key!r} in {led.path}")
+        entries = led.find(key)
+    if task_name is not None:
+        entries = [e for e in entries if e.task == task_name]
+    if not entries:
+        raise click.ClickException(f"no entry for {key!r}" + (f" of task {task_name!r}" if task_name else "")
+                                   + f" in {led.path}")
+    if len(entries) > 1:
+        # A key names one execution of one task; several tasks may use the same key.
+        raise click.ClickException(f"{key!r} has entries of {len(entries)} tasks "
+                                   f"({', '.join(e.task or '?' for e in entries)}): pass --task NAME")
+    entry = entries[0]
     if as_json:
         click.echo(json.dumps(entry.as_dict(), indent=2, default=repr))
         return

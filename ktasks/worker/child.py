@@ -152,12 +152,12 @@ class Child:
                     ctx.ledger = conn
                     result = self._call(task, ctx, soft_limit_s)
                     faults.point("after_task", self.parent_pid)
-                    self.ledger.succeeded(key, result, time.perf_counter() - t0, conn=conn)
+                    self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name, conn=conn)
             else:
                 result = self._call(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
                 if self.ledger is not None:
-                    self.ledger.succeeded(key, result, time.perf_counter() - t0)
+                    self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name)
         except Exception as exc:
             error = exc
         duration = time.perf_counter() - t0
@@ -187,7 +187,7 @@ class Child:
         tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         exc_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
         if self.ledger is not None:
-            self.ledger.failed(key, cause, tb)
+            self.ledger.failed(key, cause, tb, task=task.name)
         if task.should_retry(error, msg.attempt):
             countdown = error.countdown_s if isinstance(error, Retry) else None
             delay = countdown if countdown is not None else task.backoff_s(msg.attempt)

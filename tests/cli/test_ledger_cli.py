@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from ktasks.cli.ledger import COMMANDS, ledger, parse_duration
-from ktasks.ledger import TABLE, Ledger
+from ktasks.ledger import SCHEMA_VERSION, TABLE, Ledger
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +27,16 @@ def path(tmp_path: Path) -> Path:
     p = tmp_path / "ledger.sqlite3"
     with Ledger(p) as led:
         led.begin("ok-key", "billing.charge", 0, 3)
-        led.succeeded("ok-key", {"charged": 42}, 0.125)
+        led.succeeded("ok-key", {"charged": 42}, 0.125, task="billing.charge")
         led.begin("bad-key", "billing.charge", 1, 3)
         try:
             raise ValueError("card declined")
         except ValueError as exc:
-            led.failed("bad-key", exc)
+            led.failed("bad-key", exc, task="billing.charge")
         led.begin("running-key", "billing.refund", 0, 3)
         led.begin("running-key", "billing.refund", 0, 3)
         led.begin("old-key", "billing.charge", 0, 3)
-        led.succeeded("old-key", None, 0.5)
+        led.succeeded("old-key", None, 0.5, task="billing.charge")
     with sqlite3.connect(str(p)) as conn:
         conn.execute(f"UPDATE {TABLE} SET finished_at = finished_at - 864000 WHERE key = 'old-key'")
     return p
@@ -89,11 +89,25 @@ def test_show_missing_key(path: Path) -> None:
     assert result.exit_code == 1 and "no entry for 'nope'" in result.output
 
 
+def test_show_key_shared_by_two_tasks_needs_the_task(path: Path) -> None:
+    with Ledger(path) as led:
+        led.begin("ok-key", "billing.receipt", 0, 3)
+    result = run("--ledger", str(path), "show", "ok-key")
+    assert result.exit_code == 1
+    assert "'ok-key' has entries of 2 tasks (billing.charge, billing.receipt): pass --task NAME" in result.output
+    result = run("--ledger", str(path), "show", "ok-key", "--task", "billing.receipt", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["task"] == "billing.receipt" and data["state"] == "started"
+    result = run("--ledger", str(path), "show", "ok-key", "--task", "billing.nope")
+    assert result.exit_code == 1 and "no entry for 'ok-key' of task 'billing.nope'" in result.output
+
+
 def test_stats(path: Path) -> None:
     result = run("--ledger", str(path), "stats")
     assert result.exit_code == 0, result.output
     out = result.output
-    assert f"{path} (schema 1)" in out
+    assert f"{path} (schema {SCHEMA_VERSION})" in out
     assert "entries:         4" in out
     assert "  started:       1" in out and "  succeeded:     2" in out and "  failed:        1" in out
     assert "KiB" in out and "oldest entry:" in out and "(10.0d ago)" in out
@@ -107,7 +121,7 @@ def test_prune(path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "pruned 1 entries finished more than 7.0d ago" in result.output
     with Ledger(path) as led:
-        assert led.get("old-key") is None and led.get("ok-key") is not None
+        assert led.get("old-key", task="billing.charge") is None and led.get("ok-key", task="billing.charge") is not None
     result = run("--ledger", str(path), "prune", "--older-than", "0s")
     assert "pruned 2 entries" in result.output  # the finished ones; the started one stays
     assert json.loads(run("--ledger", str(path), "stats", "--json").output)["by_state"]["started"] == 1

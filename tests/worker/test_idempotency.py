@@ -142,3 +142,26 @@ def test_many_children_writing_the_ledger_at_once_raise_no_lock_errors(project: 
     con = sqlite3.connect(p.ledger_path)
     assert con.execute("SELECT count(*) FROM rows").fetchone()[0] == 200
     con.close()
+
+
+def test_one_idempotency_key_given_to_two_tasks_runs_both(project: Any, kafka_admin: Any) -> None:
+    p = project("""
+        @app.task
+        def charge(invoice):
+            effect("charged", invoice=invoice)
+
+        @app.task
+        def send_receipt(invoice):
+            effect("receipt", invoice=invoice)
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    p.app_module.charge.apply_async(args=("invoice-42",), idempotency_key="invoice-42")
+    p.app_module.send_receipt.apply_async(args=("invoice-42",), idempotency_key="invoice-42")
+    p.app_module.charge.apply_async(args=("invoice-42",), idempotency_key="invoice-42")  # a real duplicate
+    p.app.flush()
+    wait_until(lambda: p.committed(kafka_admin).get(0) == 3, 60, message="all 3 records committed")
+    assert [e["invoice"] for e in p.effects("charged")] == ["invoice-42"]
+    assert [e["invoice"] for e in p.effects("receipt")] == ["invoice-42"], "the receipt was sent"
+    assert w.log().count("already succeeded") == 1
+    assert w.stop() == 0
