@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..logs import configure_logging
-from ._app import load_app
+from ._app import app_option, load_app
 
 
 def _resolved_spec(spec: str, app: object) -> str:
@@ -44,7 +44,7 @@ def _source_root(app_spec: str) -> Path:
 
 
 @click.command()
-@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]", help="The app to run.")
+@app_option
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Child processes (default: the number of CPUs).")
 @click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
