@@ -47,7 +47,9 @@ def _source_root(app_spec: str) -> Path:
 @app_option
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Child processes (default: the number of CPUs).")
-@click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
+@click.option("-Q", "--queues", "--topics", "topics", default=None, metavar="TOPIC[,TOPIC...]",
+              help="Comma-separated task topics to consume (default: the app's). -Q/--queues is Celery's "
+                   "name for the same.")
 @click.option("--group", "group_id", default=None, help="Consumer group (default: the app's name).")
 @click.option("--group-instance-id", default=None, help="Static group membership id.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=None,
