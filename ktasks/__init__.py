@@ -31,9 +31,11 @@ from .errors import (
     Retry,
     SoftTimeLimitExceeded,
     TaskError,
+    TaskExpired,
     TaskNotRegistered,
     TimeLimitExceeded,
     TopicError,
+    UnsupportedOption,
     WorkerError,
     WorkerLost,
 )
@@ -48,7 +50,7 @@ __all__ = [
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
     "TaskError", "Retry", "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLost", "PoisonMessage",
-    "LedgerError",
+    "TaskExpired", "UnsupportedOption", "LedgerError",
 ]
 
 __version__ = "0.1.0"

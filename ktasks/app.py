@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 from kafka.errors import KafkaError
 
+from .celery_names import absolute_time, translate
 from .deadletter import H_ORIGIN_TOPIC
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
 from .message import Message, decode, encode, headers_of, new_id
@@ -139,9 +140,14 @@ class App:
         headers: Mapping[str, str | bytes] | None = None,
         topic: str | None = None,
         countdown_s: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
         attempt: int = 0,
+        **options: Any,
     ) -> SendHandle | EagerResult:
-        """Enqueue a task by name. Used by ``Task.apply_async``; also for tasks defined elsewhere."""
+        """Enqueue a task by name. Used by ``Task.apply_async`` (see it for the options)."""
+        if options:
+            topic, countdown_s = _call_options(name, options, topic, countdown_s)
         task = self.tasks.get(name)
         if topic is None:
             topic = task.topic if task is not None else self.default_topic
@@ -150,10 +156,11 @@ class App:
         if not isinstance(args, (list, tuple)):
             raise EncodeError(f"task {name!r}: args must be a list or tuple, got {type(args).__name__}")
         now = time.time()
+        due, expires_at = _schedule(name, now, countdown_s, eta, expires)
+        countdown_s = None if due is None else due - now
         message = Message(
             task=name, args=list(args), kwargs=dict(kwargs or {}), id=task_id or new_id(),
-            attempt=attempt, idempotency_key=idempotency_key, created=now,
-            due=(now + countdown_s) if countdown_s else None,
+            attempt=attempt, idempotency_key=idempotency_key, created=now, due=due, expires=expires_at,
         )
         self.middleware.before("before_enqueue", message, topic, strict=True)
         value = encode(message)
@@ -232,6 +239,37 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"
+
+
+_CALL_OPTIONS = frozenset({"topic", "countdown_s"})
+
+
+def _call_options(name: str, options: Mapping[str, Any], topic: str | None,
+                  countdown_s: float | None) -> tuple[str | None, float | None]:
+    """Celery's call options (``queue=``, ``countdown=``) as ktasks' ``topic`` and ``countdown_s``."""
+    given = translate(options, where=f"task {name!r}: apply_async", known=_CALL_OPTIONS)
+    for canonical, value in (("topic", topic), ("countdown_s", countdown_s)):
+        if canonical in given and value is not None:
+            raise ConfigurationError(f"task {name!r}: apply_async: {canonical!r} given twice, under "
+                                     "ktasks' and Celery's names")
+    return given.get("topic", topic), given.get("countdown_s", countdown_s)
+
+
+def _schedule(name: str, now: float, countdown_s: float | None, eta: Any,
+              expires: Any) -> tuple[float | None, float | None]:
+    """``(due, expires)`` as epoch seconds from ``countdown_s``/``eta`` and ``expires``."""
+    if countdown_s is not None and eta is not None:
+        raise ConfigurationError(f"task {name!r}: give countdown or eta, not both")
+    if countdown_s is not None and (isinstance(countdown_s, bool) or not isinstance(countdown_s, (int, float))):
+        raise ConfigurationError(f"task {name!r}: countdown must be a number of seconds, got {countdown_s!r}")
+    due = absolute_time(eta, "eta") if eta is not None else (now + countdown_s if countdown_s else None)
+    if due is not None and due <= now:
+        due = None  # an eta in the past: due now, as in Celery
+    expires_at = None if expires is None else absolute_time(expires, "expires", now)
+    if expires_at is not None and expires_at <= (due or now):
+        raise ConfigurationError(f"task {name!r}: expires is not after the time the task is due, so it "
+                                 "would never run")
+    return due, expires_at
 
 
 def _reset_after_fork() -> None:

@@ -104,6 +104,7 @@ REASONS = (
     "commit-failed",      # finished, but its offset could not be committed before the deadline
     "worker-lost",        # the child running it died (signal, os._exit, OOM kill)
     "time-limit",         # ran past its hard time limit and was killed
+    "expired",            # reached a worker after its expires time; not run
 )
 
 #: Longest exception message and stack trace kept in the headers, in bytes (UTF-8).

@@ -19,6 +19,10 @@ class ConfigurationError(KtasksError, ValueError):
     """A setting is unknown, has the wrong type, or an invalid value."""
 
 
+class UnsupportedOption(ConfigurationError):
+    """A Celery option ktasks cannot honour on Kafka; the message says why and what ktasks does instead."""
+
+
 class TaskNotRegistered(KtasksError, LookupError):
     """A message or a call names a task that is not registered with the app."""
 
@@ -98,6 +102,10 @@ class TimeLimitExceeded(TaskError):
 
 class WorkerLost(TaskError):
     """The child process running a task died (signal, ``os._exit``, OOM kill)."""
+
+
+class TaskExpired(TaskError):
+    """A task reached a worker after its ``expires`` time; it is dead-lettered with reason ``expired``."""
 
 
 class PoisonMessage(TaskError):

@@ -3,7 +3,8 @@
 A task message carries data only. Its value is a msgpack map::
 
     {"v": 1, "id": str, "task": str, "args": [...], "kwargs": {...},
-     "attempt": int, "ikey": str | None, "created": float, "due": float | None}
+     "attempt": int, "ikey": str | None, "created": float, "due": float | None,
+     "exp": float (optional)}
 
 and its headers repeat the task name and id (``ktasks-task``, ``ktasks-id``) so
 tools can route and list messages without decoding them. Nothing here can name
@@ -91,6 +92,7 @@ class Message:
     idempotency_key: str | None = None
     created: float = field(default_factory=time.time)
     due: float | None = None
+    expires: float | None = None
 
     @property
     def ledger_key(self) -> str:
@@ -103,11 +105,14 @@ class Message:
         return self.idempotency_key or self.id
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "v": FORMAT_VERSION, "id": self.id, "task": self.task, "args": self.args,
             "kwargs": self.kwargs, "attempt": self.attempt, "ikey": self.idempotency_key,
             "created": self.created, "due": self.due,
         }
+        if self.expires is not None:
+            body["exp"] = self.expires  # only when set: older workers ignore it, sizes stay the same
+        return body
 
 
 def _default(obj: Any) -> Any:
@@ -254,14 +259,16 @@ def decode(data: bytes | None) -> Message:
         raise DecodeError("envelope kwargs have non-string keys")
     due = body.get("due")
     ikey = body.get("ikey")
-    if due is not None and not isinstance(due, (int, float)):
-        raise DecodeError(f"envelope field 'due' has type {type(due).__name__}")
+    exp = body.get("exp")
+    for fname, fvalue in (("due", due), ("exp", exp)):
+        if fvalue is not None and (not isinstance(fvalue, (int, float)) or isinstance(fvalue, bool)):
+            raise DecodeError(f"envelope field {fname!r} has type {type(fvalue).__name__}")
     if ikey is not None and not isinstance(ikey, str):
         raise DecodeError(f"envelope field 'ikey' has type {type(ikey).__name__}")
     return Message(
         task=body["task"], args=body["args"], kwargs=body["kwargs"], id=body["id"],
         attempt=body["attempt"], idempotency_key=ikey, created=float(body["created"]),
-        due=None if due is None else float(due),
+        due=None if due is None else float(due), expires=None if exp is None else float(exp),
     )
 
 

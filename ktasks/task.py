@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from kafka.errors import KafkaError
 
+from .celery_names import translate
 from .errors import ConfigurationError, Retry
 
 if TYPE_CHECKING:
@@ -27,16 +28,6 @@ __all__ = ["Task", "TaskOptions", "TaskContext", "SendHandle", "EagerResult", "S
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# Celery's option names, accepted so code moves over unchanged; all in seconds.
-_CELERY_ALIASES = {
-    "retry_backoff": "retry_backoff_s",
-    "retry_backoff_max": "retry_backoff_max_s",
-    "soft_time_limit": "soft_time_limit_s",
-    "time_limit": "time_limit_s",
-    "autoretry_for": "retry_for",
-}
-
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -58,16 +49,8 @@ class TaskOptions:
 
     @classmethod
     def build(cls, name: str, options: Mapping[str, Any]) -> TaskOptions:
-        opts = dict(options)
-        for alias, canonical in _CELERY_ALIASES.items():
-            if alias in opts:
-                if canonical in opts:
-                    raise ConfigurationError(f"task {name!r}: give {canonical!r} or {alias!r}, not both")
-                opts[canonical] = opts.pop(alias)
-        known = set(cls.__dataclass_fields__) - {"name"}
-        unknown = sorted(set(opts) - known)
-        if unknown:
-            raise ConfigurationError(f"task {name!r}: unknown option {unknown[0]!r}")
+        # Celery's names are accepted (docs/celery.md); what Kafka cannot honour is refused.
+        opts = translate(options, where=f"task {name!r}", known=set(cls.__dataclass_fields__) - {"name"})
         retry_for = opts.get("retry_for", (Exception,))
         if isinstance(retry_for, type):
             retry_for = (retry_for,)
@@ -222,6 +205,9 @@ class Task(Generic[P, R]):
         headers: Mapping[str, str | bytes] | None = None,
         topic: str | None = None,
         countdown_s: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        **options: Any,
     ) -> SendHandle | EagerResult:
         """Enqueue a call.
 
@@ -229,12 +215,17 @@ class Task(Generic[P, R]):
         partition and runs in order. ``idempotency_key`` names this task's
         execution in the ledger (default: the task id): a key that already
         succeeded for this task never runs it again; other tasks given the same
-        key are not affected. ``countdown_s`` delays the first run.
+        key are not affected. ``countdown_s`` delays the first run; ``eta`` (a
+        timezone-aware datetime) gives its time instead. ``expires`` (seconds
+        from now, a timedelta or an aware datetime): a task that reaches a
+        worker later is not run but dead-lettered with reason ``expired``.
+        Celery's names (``countdown``, ``queue``, ...) are accepted; see
+        docs/celery.md.
         """
         return self.app.send_task(
             self.name, args=args, kwargs=kwargs, key=key, task_id=task_id,
-            idempotency_key=idempotency_key, headers=headers, topic=topic or self.topic,
-            countdown_s=countdown_s,
+            idempotency_key=idempotency_key, headers=headers, topic=topic,
+            countdown_s=countdown_s, eta=eta, expires=expires, **options,
         )
 
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:

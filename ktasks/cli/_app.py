@@ -1,8 +1,11 @@
-"""Loading the application named by ``-A module[:attr]`` on the command line.
+"""Loading the application named by ``-A module[:attr]``, ``KTASKS_APP`` or the project's config.
 
 Shared by every command that takes ``-A`` (``topics``, ``worker``, ``dlq``...).
-The name comes from the command line only: nothing read from a Kafka message
-ever decides what is imported.
+The app is named, in order of precedence, by ``-A/--app`` on the command line,
+the ``KTASKS_APP`` environment variable, or ``app = "module:attr"`` in the
+nearest ``ktasks.toml`` or ``pyproject.toml`` (``[tool.ktasks]`` table) found
+from the current directory upwards. The name comes from the operator only:
+nothing read from a Kafka message ever decides what is imported.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -19,9 +23,16 @@ import click
 from ..app import App
 from ..errors import KtasksError
 
-__all__ = ["AppLoadError", "load_app", "loaded_app", "app_option"]
+__all__ = ["AppLoadError", "load_app", "loaded_app", "app_option", "configured_app", "resolve_app_spec",
+           "APP_ENV"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Environment variable naming the app when ``-A`` is not given (Celery's is ``CELERY_APP``).
+APP_ENV = "KTASKS_APP"
+
+_NO_APP = (f"no app given: pass -A MODULE[:ATTR], set {APP_ENV}=MODULE[:ATTR], or add "
+           '[tool.ktasks] app = "MODULE[:ATTR]" to pyproject.toml (or app = "..." to ktasks.toml)')
 
 
 class AppLoadError(click.UsageError):
@@ -76,11 +87,93 @@ def load_app(spec: str) -> App:
                        f"pick one: {candidates}")
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found, no-redef, unused-ignore]
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AppLoadError(f"{path}: cannot read it: {exc}") from exc
+
+
+def _table_app(table: Any, where: str) -> str | None:
+    """The ``app`` of a ktasks config table; other keys are refused, so a typo is not ignored."""
+    if not isinstance(table, dict):
+        raise AppLoadError(f"{where} must be a table")
+    unknown = sorted(set(table) - {"app"})
+    if unknown:
+        raise AppLoadError(f"{where}: unknown key {unknown[0]!r} (the only key is 'app'; settings go in "
+                           "App(...) or KTASKS_* variables)")
+    app = table.get("app")
+    if app is not None and (not isinstance(app, str) or not app.strip()):
+        raise AppLoadError(f"{where}: app must be a non-empty string like \"tasks:app\"")
+    return app
+
+
+def configured_app(cwd: str | Path | None = None, environ: Mapping[str, str] | None = None
+                   ) -> tuple[str, str, Path | None] | None:
+    """The app named outside the command line: ``(spec, where it came from, project folder)``, or None.
+
+    ``KTASKS_APP`` first; else the nearest folder, from ``cwd`` up, holding a
+    ``ktasks.toml`` with ``app = "..."`` or a ``pyproject.toml`` with a
+    ``[tool.ktasks]`` table (``ktasks.toml`` wins in the same folder). The
+    project folder is where the module is imported from, as the current
+    directory is for ``-A``.
+    """
+    env = os.environ if environ is None else environ
+    spec = env.get(APP_ENV, "").strip()
+    if spec:
+        return spec, APP_ENV, None
+    here = Path(cwd or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        own = folder / "ktasks.toml"
+        if own.is_file():
+            app = _table_app(_read_toml(own), str(own))
+            if app:
+                return app.strip(), str(own), folder
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            tool = _read_toml(pyproject).get("tool", {})
+            if isinstance(tool, dict) and "ktasks" in tool:
+                app = _table_app(tool["ktasks"], f"{pyproject} [tool.ktasks]")
+                if app:
+                    return app.strip(), f"{pyproject} [tool.ktasks]", folder
+    return None
+
+
+def resolve_app_spec(given: str | None, required: bool = True) -> str | None:
+    """``-A``'s value, else the configured app (its project folder goes on ``sys.path``)."""
+    if given:
+        return given
+    found = configured_app()
+    if found is None:
+        if required:
+            raise AppLoadError(_NO_APP)
+        return None
+    spec, _, folder = found
+    if folder is not None and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return spec
+
+
+def _app_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if ctx.resilient_parsing:  # shell completion, --help
+        return value
+    return resolve_app_spec(value, required=True)
+
+
 def app_option(func: F) -> F:
-    """The ``-A/--app MODULE[:ATTR]`` option; the command receives the string as ``app_spec``."""
+    """The ``-A/--app MODULE[:ATTR]`` option; the command receives the string as ``app_spec``.
+
+    Without ``-A``, ``KTASKS_APP`` or the project's config names the app (see the module docstring).
+    """
     return click.option(
-        "-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
-        help="The ktasks App: module:attribute, or a module that defines exactly one App.",
+        "-A", "--app", "app_spec", default=None, metavar="MODULE[:ATTR]", callback=_app_callback,
+        help=f"The ktasks App: module:attribute, or a module that defines exactly one App. Default: "
+             f"{APP_ENV}, else app in [tool.ktasks] of pyproject.toml or in ktasks.toml.",
     )(func)
 
 

@@ -15,7 +15,7 @@ import click
 from ..errors import BrokerUnavailable, KtasksError
 from ..inspect import DEFAULT_TIMEOUT_S, Inspector, cluster_status, inspect_app, render_report, render_status
 from ..settings import Settings
-from ._app import load_app
+from ._app import app_option, load_app, resolve_app_spec
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,7 @@ _timeout_option = click.option(
 
 
 @click.command()
-@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]",
-              help="The ktasks App: module:attribute, or a module that defines exactly one App.")
+@app_option
 @click.option("--group", default=None, help="Consumer group (default: the app's).")
 @click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
 @click.option("--watch", is_flag=True, help="Refresh until interrupted.")
@@ -82,7 +81,8 @@ def inspect(app_spec: str, group: str | None, topics: str | None, watch: bool, i
 
 @click.command()
 @click.option("-A", "--app", "app_spec", default=None, metavar="MODULE[:ATTR]",
-              help="Show this app's topics (task, retry and dead-letter), and use its connection settings.")
+              help="Show this app's topics (task, retry and dead-letter), and use its connection settings. "
+                   "Default: KTASKS_APP, else the app in pyproject.toml [tool.ktasks] or ktasks.toml.")
 @click.option("--bootstrap-servers", default=None, metavar="HOST:PORT[,...]",
               help="Brokers to ask (default: the app's, else KTASKS_BOOTSTRAP_SERVERS, else 127.0.0.1:9092).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -96,6 +96,7 @@ def status(app_spec: str | None, bootstrap_servers: str | None, as_json: bool, t
     """
     app_name = None
     topics: list[str] | None = None
+    app_spec = resolve_app_spec(app_spec, required=False)
     if app_spec:
         app = load_app(app_spec)
         app_name = app.name

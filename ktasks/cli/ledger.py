@@ -2,8 +2,10 @@
 
 The ledger file is found from, in order: ``--ledger PATH``; ``-A module:app``
 (that app's ``ledger_path`` setting, else its default path); the environment
-variables ``KTASKS_LEDGER`` and ``KTASKS_LEDGER_PATH``; else the only ledger
-in the default directory (``$XDG_STATE_HOME/ktasks``).
+variables ``KTASKS_LEDGER`` and ``KTASKS_LEDGER_PATH``; the app named by
+``KTASKS_APP`` or the project's config (``[tool.ktasks]`` in pyproject.toml, or
+ktasks.toml); else the only ledger in the default directory
+(``$XDG_STATE_HOME/ktasks``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import click
 from ..errors import KtasksError
 from ..ledger import Entry, Ledger
 from ..settings import SETTINGS
-from ._app import load_app
+from ._app import load_app, resolve_app_spec
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ def resolve_ledger_path(ledger_path: str | None, app_ref: str | None,
     for var in ("KTASKS_LEDGER", SETTINGS["ledger_path"].env_var):
         if env.get(var):
             return Path(env[var]).expanduser()
+    configured = resolve_app_spec(None, required=False) if environ is None else None
+    if configured:
+        return Ledger.path_for_app(load_app(configured))
     directory = Ledger.default_path("x").parent
     candidates = sorted(directory.glob("*.ledger.sqlite3")) if directory.is_dir() else []
     if len(candidates) == 1:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..logs import configure_logging
-from ._app import load_app
+from ._app import app_option, load_app
 
 
 def _resolved_spec(spec: str, app: object) -> str:
@@ -44,10 +44,12 @@ def _source_root(app_spec: str) -> Path:
 
 
 @click.command()
-@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]", help="The app to run.")
+@app_option
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), default=None,
               help="Child processes (default: the number of CPUs).")
-@click.option("--topics", default=None, help="Comma-separated task topics (default: the app's).")
+@click.option("-Q", "--queues", "--topics", "topics", default=None, metavar="TOPIC[,TOPIC...]",
+              help="Comma-separated task topics to consume (default: the app's). -Q/--queues is Celery's "
+                   "name for the same.")
 @click.option("--group", "group_id", default=None, help="Consumer group (default: the app's name).")
 @click.option("--group-instance-id", default=None, help="Static group membership id.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=None,

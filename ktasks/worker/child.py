@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .. import faults
-from ..errors import Retry, SoftTimeLimitExceeded
+from ..errors import Retry, SoftTimeLimitExceeded, TaskExpired
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext
@@ -140,6 +140,8 @@ class Child:
                              msg.task, msg.id, task.max_starts(), extra=log_extra)
                 return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
                         f"started {task.max_starts()} times without finishing (max_starts)", None]
+        if msg.expires is not None and not replay and time.time() > msg.expires:
+            return self._expired(seq, msg, key, log_extra)
         faults.point("before_task", self.parent_pid)
         logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
         self.app.middleware.before("before_task", ctx)
@@ -180,6 +182,15 @@ class Child:
             return task.run(ctx)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _expired(self, seq: int, msg: Any, key: str, log_extra: dict[str, Any]) -> list[Any]:
+        """Not run: past its ``expires`` (a replay from the dead-letter topic ignores it)."""
+        text = f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(msg.expires))}, not run"
+        if self.ledger is not None:
+            self.ledger.failed(key, TaskExpired(text), "")
+        logger.warning("task %s[%s] %s; sending to the dead-letter topic", msg.task, msg.id, text,
+                       extra=log_extra)
+        return [seq, DEAD, 0.0, "expired", "ktasks.errors.TaskExpired", text, None]
 
     def _failed(self, seq: int, task: Any, msg: Any, error: BaseException, duration: float, key: str,
                 log_extra: dict[str, Any]) -> list[Any]:
