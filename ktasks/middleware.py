@@ -11,16 +11,61 @@ An exception raised by a hook is logged and does not stop the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kafka import TopicPartition
+
     from .message import Message
     from .task import TaskContext
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Middleware", "MiddlewareStack"]
+__all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES"]
+
+#: What can become of a record the worker took, one per record (see :class:`TaskEvent`):
+#: ``succeeded``; ``skipped`` (the ledger had it done); ``retried`` (failed, republished to a retry
+#: topic); ``failed`` (raised, or its child died, with no retry left: dead-lettered);
+#: ``dead_lettered`` (never ran: undecodable, unregistered, or a poison message); ``revoked`` and
+#: ``expired`` (dropped unrun, for workers that revoke or expire tasks).
+OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "revoked", "expired")
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """A record the worker parent is done with: what became of it, and how long it took.
+
+    ``run_time_s`` is how long the task function ran (``None`` when no child
+    ran it); ``queued_s`` is from enqueue (or from when it was due, for a retry
+    or a countdown) to its start, ``None`` when it never started. The start is
+    the moment the child's result arrived less the run time, so it is late by
+    at most the child's result batching (``RESULT_FLUSH_S``, 50 ms).
+    """
+
+    task: str
+    task_id: str | None
+    outcome: str
+    topic: str
+    partition: int
+    offset: int
+    run_time_s: float | None = None
+    queued_s: float | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(cls, message: Message | None, task: str, outcome: str, record: Any, *,
+           run_time_s: float | None = None, started: bool = True, reason: str | None = None) -> TaskEvent:
+        """The event of ``record`` (a Kafka record) whose decoded ``message`` (if any) ended in ``outcome``."""
+        queued = None
+        if started and message is not None:
+            since = message.due if message.due is not None else message.created
+            # Producer and worker clocks may differ: never a negative wait.
+            queued = max(0.0, time.time() - (run_time_s or 0.0) - since)
+        return cls(task, message.id if message else None, outcome, record.topic, record.partition,
+                   record.offset, run_time_s, queued, reason)
 
 
 class Middleware:
@@ -43,6 +88,24 @@ class Middleware:
 
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         """Called in the worker parent when a record goes to the dead-letter topic."""
+
+    def task_finished(self, event: TaskEvent) -> None:
+        """Called in the worker parent once per record it took, when its outcome is known.
+
+        Runs on the worker's loop: keep it quick (count, don't do I/O).
+        """
+
+    def offsets_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Called in the worker parent after a commit of ``{partition: offset}`` succeeded."""
+
+    def commit_failed(self, exc: BaseException) -> None:
+        """Called in the worker parent when a commit failed (rejected in a rebalance, or an error)."""
+
+    def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
+        """Called in the worker parent (on the rebalance thread) when partitions are assigned."""
+
+    def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Called in the worker parent when partitions were released (revoked, or lost)."""
 
     def worker_started(self, worker: Any) -> None:
         """Called in the worker parent once it has joined the group."""

@@ -188,6 +188,20 @@ _add("retry_jitter", bool, True, "Randomise retry delays (full jitter) to spread
 _add("retry_tiers_ms", list, [1000, 10000, 60000, 600000], "Delay tiers: one retry topic each; a retry "
      "goes to the largest tier not above its delay.", G)
 
+# -- monitoring ------------------------------------------------------------------
+G = "Monitoring"
+_add("metrics_port", int, None, "Serve Prometheus metrics at `http://<metrics_host>:<port>/metrics` from the "
+     "worker parent (`ktasks worker --metrics-port`); none means off. See docs/monitoring.md.", G,
+     nullable=True)
+_add("metrics_host", str, "127.0.0.1", "Address the metrics endpoint binds to; `0.0.0.0` lets a Prometheus on "
+     "another host scrape it.", G)
+_add("report_interval_s", float, 5.0, "A worker publishes a report of itself (host, pid, partitions, counts, "
+     "children, running tasks) this often, for `ktasks inspect` and `ktasks dashboard`; 0 means never.", G)
+_add("reports_topic", str, "ktasks.reports", "Topic of the worker reports (one for every app on the cluster).",
+     G)
+_add("reports_retention_ms", int, 3600000, "Retention of the reports topic when ktasks creates it: reports are "
+     "only looked at while recent.", G)
+
 # -- testing ---------------------------------------------------------------------
 G = "Testing"
 _add("faults", str, None, "Fault injection for tests: comma-separated `point[=action]`. Off by default. "

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -69,10 +70,13 @@ def _source_root(app_spec: str) -> Path:
 @click.option("--reload", "reload_", is_flag=True,
               help="Development: restart warmly when a .py file under the app's folder changes; a syntax "
                    "error is reported and the running worker kept.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics at http://<metrics_host>:PORT/metrics (setting metrics_port; "
+                   "metrics_host defaults to 127.0.0.1).")
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
            group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
-           reload_: bool) -> None:
+           reload_: bool, metrics_port: int | None) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
 
     Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
@@ -111,11 +115,28 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         overrides["ledger_path"] = ledger_path
     if no_ledger:
         overrides["ledger_enabled"] = False
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port
     w = Worker(app, _resolved_spec(app_spec, app), concurrency=concurrency,
                topics=[t.strip() for t in topics.split(",") if t.strip()] if topics else None,
                group_id=group_id, loglevel=child_loglevel, log_format=log_format, burst=burst,
                overrides=overrides)
+    _add_monitoring(app, w.settings)
     sys.exit(run_worker(w))
+
+
+def _add_monitoring(app: Any, settings: Any) -> None:
+    """The metrics endpoint and the reporter, as the worker's settings ask."""
+    if settings.metrics_port is not None:
+        from ..errors import KtasksError
+        from ..metrics import Metrics
+
+        metrics = Metrics()
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
+        except KtasksError as exc:
+            raise click.ClickException(str(exc)) from exc
+        app.add_middleware(metrics)
 
 
 COMMANDS = [worker]

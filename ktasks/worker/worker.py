@@ -30,6 +30,7 @@ from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
 from ..logs import task_extra
 from ..message import Message, decode, encode, header
+from ..middleware import TaskEvent
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
@@ -50,6 +51,9 @@ QUICK_TASK_S = 0.005
 _UNKNOWN: Any = object()
 
 _HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
+
+#: A child's result status -> the outcome middleware sees (ktasks.middleware.OUTCOMES).
+_OUTCOME = {OK: "succeeded", SKIP: "skipped", RETRY: "retried", DEAD: "failed", POISON: "dead_lettered"}
 
 
 @dataclass(eq=False)
@@ -397,6 +401,8 @@ class Worker:
         status, duration = res[1], res[2]
         if self._fenced(job, f"result {status!r}"):
             return
+        self._report_finished(job, _OUTCOME.get(status, status), duration if status in (OK, RETRY, DEAD) else None,
+                              reason=res[3] if status == DEAD else "poison" if status == POISON else None)
         if status == OK and job.task is not None:
             name = job.task.name
             avg = self._durations.get(name)
@@ -437,7 +443,9 @@ class Worker:
                 exc = (TimeLimitExceeded(f"ran past time_limit_s={job.task.options.time_limit_s}")
                        if killed_for_limit else WorkerLost(f"child process died ({how})"))
                 self.stats.lost += 1
-                self._failed_in_parent(job, exc, "time-limit" if killed_for_limit else "worker-lost")
+                assert running is not None
+                self._failed_in_parent(job, exc, "time-limit" if killed_for_limit else "worker-lost",
+                                       time.monotonic() - running[1])
             else:
                 requeue.append(job)
         # Jobs the child had not started (or had finished without reporting) run again;
@@ -448,10 +456,12 @@ class Worker:
         else:
             self.pool.remove(child)
 
-    def _failed_in_parent(self, job: Job, exc: BaseException, reason: str) -> None:
+    def _failed_in_parent(self, job: Job, exc: BaseException, reason: str, run_time_s: float) -> None:
         assert job.message is not None
         exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        if job.task.should_retry(exc, job.message.attempt):
+        retry = job.task.should_retry(exc, job.message.attempt)
+        self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=None if retry else reason)
+        if retry:
             delay = job.task.backoff_s(job.message.attempt)
             logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
                            job.message.attempt + 1, job.task.max_retries(), delay, extra=job.log_extra())
@@ -460,6 +470,15 @@ class Worker:
             logger.error("task %s[%s]: %s; sending to the dead-letter topic", job.message.task,
                          job.message.id, exc, extra=job.log_extra())
             self._dead_letter(job, reason, exc_type, str(exc))
+
+    def _report_finished(self, job: Job, outcome: str, run_time_s: float | None = None, *, started: bool = True,
+                         reason: str | None = None) -> None:
+        """Tell middleware (metrics, reports) what became of a record; see ktasks.middleware.TaskEvent."""
+        if len(self.app.middleware):
+            name = job.task.name if job.task is not None else \
+                "(undecodable)" if job.message is None else "(unregistered)"
+            self.app.middleware.after("task_finished", TaskEvent.of(
+                job.message, name, outcome, job.record, run_time_s=run_time_s, started=started, reason=reason))
 
     def _check_time_limits(self) -> None:
         now = time.monotonic()
@@ -522,6 +541,8 @@ class Worker:
     def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
                      stacktrace: str | None = None) -> None:
         r = job.record
+        if job.task is None:    # undecodable or unregistered: it never reached a child
+            self._report_finished(job, "dead_lettered", started=False, reason=reason)
         dl = DeadLetter(
             value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic, partition=r.partition,
             offset=r.offset, timestamp_ms=r.timestamp, timestamp_type=r.timestamp_type,
@@ -616,6 +637,7 @@ class Worker:
             faults.point("commit", self._pid)
             self.consumer.commit(offsets)
         except (CommitFailedError, RebalanceInProgressError) as exc:
+            self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
             # before the partitions move; otherwise the next commit interval tries again.
             logger.warning("commit rejected (%s): the group is rebalancing and these partitions may move; "
@@ -623,7 +645,9 @@ class Worker:
                            exc)
             return False
         except (KafkaError, faults.FaultInjected) as exc:
+            self.app.middleware.after("commit_failed", exc)
             return self._commit_error(exc, now)
+        self.app.middleware.after("offsets_committed", {tp: om.offset for tp, om in offsets.items()})
         for tp, om in offsets.items():
             ps = self.partitions.get(tp)
             if ps is not None:
@@ -715,6 +739,7 @@ class Worker:
                     self._epoch += 1
                     self._start_at(tp, positions[tp])
             self._sync_paused()
+        self.app.middleware.after("partitions_assigned", list(tps))
 
     def _sync_paused(self) -> None:
         # kafka-python keeps the paused flag of a partition across an eager revoke and assign,
@@ -793,10 +818,13 @@ class Worker:
                 ps = self.partitions[tp]
                 logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
             self._drop(mine)
+        self.app.middleware.after("partitions_revoked", mine)
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         with self._lock:
-            self._drop([tp for tp in tps if tp in self.partitions])
+            mine = [tp for tp in tps if tp in self.partitions]
+            self._drop(mine)
+        self.app.middleware.after("partitions_revoked", mine)
 
     def _drop(self, tps: list[TopicPartition]) -> None:
         gone = set(tps)
