@@ -772,27 +772,50 @@ class Worker:
             # Stop dispatching: queued records of these partitions are dropped (uncommitted,
             # the next owner gets them); running ones may finish within the deadline.
             self.ready = deque(j for j in self.ready if j.ps.tp not in waiting)
-            deadline = time.monotonic() + self.settings.revoke_timeout_ms / 1000.0
-            while time.monotonic() < deadline and not self._cold:
+        timeout_s = self.settings.revoke_timeout_ms / 1000.0
+        deadline = time.monotonic() + timeout_s
+        # Wait without holding the lock: the loop goes on dispatching other partitions and
+        # checking time limits meanwhile. The loop may itself be inside poll() for this very
+        # rebalance, so each turn here also collects results and pumps publishes.
+        while not self._cold:
+            with self._lock:
+                self._collect(0.0)
+                self._pump_publishes()
                 busy = sum(1 for c in self.pool.children for j in c.outstanding.values() if j.ps.tp in waiting)
                 pending = sum(1 for p in self.publishing if p.job.ps.tp in waiting)
-                if not busy and not pending:
-                    break
-                self._collect(0.05)
-                self._pump_publishes()
-                if pending:
-                    self.app.producer.flush(0.05)
-            else:
+            if not busy and not pending:
+                break
+            if time.monotonic() >= deadline:
                 logger.warning("revoke: tasks of %s still running after %.1fs; releasing anyway (the ledger "
                                "keeps their next owner from running them twice)",
-                               ", ".join(map(str, mine)), self.settings.revoke_timeout_ms / 1000.0)
-            # Commit before giving the partitions up, retrying retriable errors until the deadline.
-            while not self._maybe_commit(force=True, only=mine) and time.monotonic() < deadline:
-                time.sleep(0.1)
+                               ", ".join(map(str, mine)), timeout_s)
+                break
+            if pending:
+                self._flush_quietly(0.05)
+            else:
+                time.sleep(0.02)
+        # Commit before giving the partitions up, retrying retriable errors until the deadline.
+        while True:
+            with self._lock:
+                if self._maybe_commit(force=True, only=mine):
+                    break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        with self._lock:
             for tp in mine:
-                ps = self.partitions[tp]
-                logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
+                ps = self.partitions.get(tp)
+                if ps is not None:
+                    logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
             self._drop(mine)
+
+    def _flush_quietly(self, timeout_s: float) -> bool:
+        """Flush the producer for up to ``timeout_s``; False (no exception) if records are still unsent."""
+        try:
+            self.app.producer.flush(timeout_s)
+        except KafkaError:
+            return False
+        return True
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         with self._lock:
