@@ -37,11 +37,15 @@ from .pool import ChildProc, Pool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "EXIT_OK", "EXIT_COLD", "EXIT_ERROR"]
+__all__ = ["Worker", "EXIT_OK", "EXIT_COLD", "EXIT_ERROR", "EXIT_UNCOMMITTED"]
 
 EXIT_OK = 0        # warm shutdown: everything finished was committed
 EXIT_ERROR = 1     # could not start or failed
-EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be redelivered
+EXIT_COLD = 3      # cold shutdown: in-flight (or unpublished) records were left, and will be redelivered
+EXIT_UNCOMMITTED = 4   # stopped, but finished records could not be committed: they will be delivered again
+
+#: Longest each of the final commits at shutdown may block (kafka-python's default is 30 s).
+SHUTDOWN_COMMIT_TIMEOUT_MS = 5000
 
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
@@ -108,6 +112,7 @@ class Stats:
     retried: int = 0
     dead_lettered: int = 0
     lost: int = 0
+    committed: int = 0                # finished records whose offsets were committed
     started_at: float = field(default_factory=time.monotonic)
 
 
@@ -599,7 +604,8 @@ class Worker:
         self.publishing = still
 
     # -- commits --------------------------------------------------------------
-    def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None) -> bool:
+    def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None,
+                      timeout_ms: int | None = None) -> bool:
         """Commit finished offsets; returns False when a retriable error left something uncommitted."""
         now = time.monotonic()
         if not force and now < self._next_commit:
@@ -614,7 +620,7 @@ class Worker:
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, timeout_ms=timeout_ms)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
             # before the partitions move; otherwise the next commit interval tries again.
@@ -630,6 +636,7 @@ class Worker:
                 ps.tracker.mark_committed(om.offset)
                 for offset in [o for o in ps.finished if o < om.offset]:
                     del ps.finished[offset]
+                    self.stats.committed += 1
         if self._commit_failing_since is not None:
             logger.info("offset commit succeeded again after %d failures", self._commit_failures)
         self._commit_failing_since = None
@@ -644,6 +651,11 @@ class Worker:
             self._commit_failing_since = now
         failing_for = now - self._commit_failing_since
         deadline = self.settings.commit_retry_deadline_ms / 1000.0
+        if self._stop:
+            # Shutting down: no report-and-restart now. What stays uncommitted is counted in
+            # the exit status and the last log line.
+            logger.warning("offset commit failed while stopping (%s: %s)", type(exc).__name__, exc)
+            return False
         if retriable and failing_for < deadline:
             backoff = min(5.0, 0.05 * 2 ** min(self._commit_failures, 7))
             self._next_commit = now + backoff
@@ -675,7 +687,8 @@ class Worker:
                 except Exception:
                     logger.exception("could not report commit-failed record %s@%d", r.topic, r.offset)
             ps.finished.clear()
-        self.app.flush(10.0)
+        if not self._flush_quietly(10.0):
+            logger.error("some commit-failed reports are still unsent after 10s")
         self._commit_failing_since = None
         self._commit_failures = 0
         self._reset_to_committed()
@@ -849,7 +862,9 @@ class Worker:
                     self._check_time_limits()
                     self._pump_publishes()
                     if self.publishing:
-                        self.app.producer.flush(0.05)
+                        # A broker that does not answer makes a flush time out: keep waiting
+                        # until the deadline, it is not a reason to crash.
+                        self._flush_quietly(0.05)
                     self._maybe_commit()
         if self._cold or self._in_flight:
             logger.warning("cold shutdown: killing %d running task(s); they will be redelivered",
@@ -857,26 +872,48 @@ class Worker:
             self.pool.terminate()
             code = EXIT_COLD
         with self._lock:
-            for _ in range(3):
-                if self._maybe_commit(force=True):
+            unsent = len(self.publishing)
+            if unsent:
+                logger.warning("%d retry/dead-letter copies were not acknowledged in time: their records stay "
+                               "uncommitted and will be delivered again", unsent)
+                code = EXIT_COLD
+            for attempt in range(3):
+                if attempt:
+                    time.sleep(0.2)
+                if self._maybe_commit(force=True, timeout_ms=SHUTDOWN_COMMIT_TIMEOUT_MS):
                     break
-                time.sleep(0.2)
             committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
                          for tp, ps in sorted(self.partitions.items()) if ps.tracker.committed is not None}
+            uncommitted = sum(len(ps.finished) for ps in self.partitions.values())
             self.partitions.clear()
+        if uncommitted:
+            code = EXIT_UNCOMMITTED
         # close() leaves the group, so the others take our partitions over at once.
-        self.consumer.close(timeout_ms=10000)
+        try:
+            self.consumer.close(timeout_ms=10000)
+        except KafkaError as exc:
+            logger.warning("closing the consumer failed (%s: %s); the group notices after session_timeout_ms",
+                           type(exc).__name__, exc)
         self.pool.stop(timeout_s=10.0)
-        self.app.flush(10.0)
-        self._log_summary(committed)
+        if not self._flush_quietly(10.0):
+            logger.warning("records sent by this process were still unacknowledged after 10s")
+        self._log_summary(committed, uncommitted, unsent)
         return code
 
-    def _log_summary(self, committed: dict[str, Any]) -> None:
+    def _log_summary(self, committed: dict[str, Any], uncommitted: int = 0, unsent: int = 0) -> None:
         s = self.stats
         elapsed = time.monotonic() - s.started_at
         done = s.succeeded + s.skipped
-        logger.info(
+        if uncommitted:
+            fate = (f"{s.committed} finished record(s) committed, {uncommitted} finished record(s) not committed "
+                    "(they will be delivered again)")
+        else:
+            fate = f"all finished records committed ({s.committed})"
+        if unsent:
+            fate += f"; {unsent} retry/dead-letter copies unsent (their records will be delivered again)"
+        logger.log(
+            logging.WARNING if uncommitted or unsent else logging.INFO,
             "worker stopped after %.1fs: %d succeeded, %d skipped (already done), %d retried, "
-            "%d dead-lettered, %d lost children, %d children replaced; %.1f tasks/s; committed %s",
+            "%d dead-lettered, %d lost children, %d children replaced; %.1f tasks/s; committed %s; %s",
             elapsed, s.succeeded, s.skipped, s.retried, s.dead_lettered, s.lost, self.pool.replaced,
-            done / elapsed if elapsed > 0 else 0.0, committed or "nothing")
+            done / elapsed if elapsed > 0 else 0.0, committed or "nothing", fate)
