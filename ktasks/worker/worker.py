@@ -65,7 +65,8 @@ class PartitionState:
     tracker: OffsetTracker = field(default_factory=OffsetTracker)
     keys: dict[bytes, deque[Job]] = field(default_factory=dict)   # key -> jobs waiting behind the running one
     finished: dict[int, Job] = field(default_factory=dict)        # finished, not yet committed
-    hold_until: float | None = None    # a retry record not yet due: partition paused until then
+    hold_until: float | None = None    # a delay-tier record not yet due: partition paused until then
+    capped_hold: int | None = None     # offset held for the tier's delay only: moved on if still not due
     paused: bool = False
     revoking: bool = False
 
@@ -81,6 +82,7 @@ class Job:
     force: bool = False
     value: bytes | None = None        # what the child gets, when it differs from the record's value
     replay: bool = False              # replayed from the dead-letter topic
+    takes_key: bool = True            # went through the ready queue (holds its key while running)
 
     @property
     def offset(self) -> int:
@@ -116,6 +118,11 @@ class Stats:
     started_at: float = field(default_factory=time.monotonic)
 
 
+def _clock(epoch_s: float) -> str:
+    """A wall-clock time for log lines: ``2026-12-04 15:02:03 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_s))
+
+
 class Worker:
     """Runs an app's tasks from Kafka. ``run()`` blocks until stopped and returns the exit code."""
 
@@ -137,6 +144,9 @@ class Worker:
         self.burst = burst
         self.host = socket.gethostname()
         self._retry_topics = {rt: t for t in self.topics for rt in app.retry_topics(t)}
+        # Delay of each delay-tier topic, in seconds: the longest it may hold its partition.
+        self._tier_s = {app.retry_topic(t, ms): ms / 1000.0 for t in self.topics
+                        for ms in app.settings.retry_tiers_ms}
         self.pool = Pool(app_spec, self.concurrency, loglevel=loglevel, log_format=log_format,
                          faults_spec=self.settings.faults, overrides=self.overrides)
         self.consumer: Any = None
@@ -305,11 +315,26 @@ class Worker:
                 continue
             due = job.message.due
             if due is not None and due > now:
-                # Not due yet: seek back to it and pause the partition until it is. Waiting
-                # this way buffers nothing and leaves every other partition running.
+                tier_s = self._tier_s.get(tp.topic)
+                if tier_s is None or ps.capped_hold == record.offset:
+                    # A task topic is never paused for a future due time, and a tier holds a
+                    # record for at most its own delay: move it (again) to the delay tier of
+                    # what is left, behind the records due sooner. It finishes once Kafka has
+                    # the copy.
+                    ps.capped_hold = None
+                    self._delay(job, due, from_tier=tier_s is not None)
+                    continue
+                # Not due yet: seek back to it and pause the partition until it is, or for
+                # the tier's delay at most, so a record due later never holds the ones
+                # behind it for longer. Waiting this way buffers nothing and leaves every
+                # other partition running.
                 ps.tracker.rewind(record.offset)
                 self.consumer.seek(tp, record.offset)
-                ps.hold_until = due
+                ps.hold_until = min(due, now + tier_s)
+                ps.capped_hold = record.offset if due > ps.hold_until else None
+                logger.info("holding %s/%d at offset %d until %s (task %s[%s] due %s%s)", tp.topic, tp.partition,
+                            record.offset, _clock(ps.hold_until), job.message.task, job.message.id, _clock(due),
+                            "; it moves on then" if ps.capped_hold is not None else "", extra=job.log_extra())
                 self._update_pause(ps)
                 break
             key = record.key
@@ -503,8 +528,8 @@ class Worker:
     @staticmethod
     def _holds_key(job: Job) -> bool:
         # Only records that went through the ready queue hold their key; dead-lettered
-        # undecodable or unregistered records never took it.
-        return job.message is not None and job.task is not None
+        # undecodable or unregistered records, and records moved to a delay tier, never took it.
+        return job.takes_key and job.message is not None and job.task is not None
 
     # -- retries and dead letters ----------------------------------------------
     def _retry(self, job: Job, delay_s: float, exc_type: str | None, exc_message: str | None) -> None:
@@ -523,6 +548,25 @@ class Worker:
         self.stats.retried += 1
         self.app.middleware.after("on_retry", message, delay_s, None)
         self._publish(PendingPublish(job, "retry", send))
+
+    def _delay(self, job: Job, due: float, from_tier: bool) -> None:
+        """Publish ``job``'s record, unchanged, to the delay tier of the time left until ``due``."""
+        job.takes_key = False
+        left_s = max(0.0, due - time.time())
+        topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(left_s))
+        # Reserved headers are carried only from a delay tier, where ktasks wrote them: from a
+        # task topic they would come from whoever enqueued the record.
+        dropped = {H_ORIGIN_TOPIC} if from_tier else {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY}
+        headers = [(k, v) for k, v in job.record.headers or [] if k not in dropped]
+        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
+        value = job.value or job.record.value
+        logger.info("task %s[%s] due %s: moved to %s", job.message.task if job.message else "?",
+                    job.message.id if job.message else "?", _clock(due), topic, extra=job.log_extra())
+
+        def send() -> Any:
+            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+
+        self._publish(PendingPublish(job, "delay", send))
 
     def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
                      stacktrace: str | None = None) -> None:
