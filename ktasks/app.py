@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 from kafka.errors import KafkaError
@@ -55,7 +56,22 @@ class App:
         self.topics = TopicManager(self.settings, self.client_id)
         self._ensured: set[str] = set()
         self._ensure_lock = threading.Lock()
+        self._tracked: list[Any] | None = None
         _apps.add(self)
+
+    @contextlib.contextmanager
+    def track_sends(self) -> Iterator[list[Any]]:
+        """Collect the send futures of every record this process publishes inside the block.
+
+        The worker's child runs each task inside one, so the task counts as finished only
+        once every record it enqueued is acknowledged.
+        """
+        tracked: list[Any] = []
+        self._tracked = tracked
+        try:
+            yield tracked
+        finally:
+            self._tracked = None
 
     # -- naming ---------------------------------------------------------------
     @property
@@ -191,6 +207,8 @@ class App:
             future = self.producer.get().send(topic, value=value, key=kbytes, headers=hdrs)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
+        if self._tracked is not None:
+            self._tracked.append(future)
         self.middleware.after("after_enqueue", message, topic)
         return SendHandle(message.id, topic, future, self)
 
@@ -198,10 +216,13 @@ class App:
                  headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
         """Publish already-encoded bytes (retries, dead letters, replays); returns the send future."""
         try:
-            return self.producer.get().send(topic, value=value, key=key, headers=headers or [],
-                                            partition=partition)
+            future = self.producer.get().send(topic, value=value, key=key, headers=headers or [],
+                                              partition=partition)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
+        if self._tracked is not None:
+            self._tracked.append(future)
+        return future
 
     def _run_eager(self, message: Message, topic: str) -> EagerResult:
         task = self.get_task(message.task)

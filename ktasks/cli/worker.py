@@ -81,7 +81,8 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
 
     Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
     tasks, commit, leave the group), 3 after a cold one (a second signal:
-    running tasks are killed and redelivered), 1 on errors.
+    running tasks are killed and redelivered), 4 when finished records could
+    not be committed (they are delivered again), 1 on errors.
     """
     configure_logging(loglevel, log_format, process_name="worker")
     if reload_:

@@ -26,8 +26,10 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from .. import faults
-from ..errors import Retry, SoftTimeLimitExceeded, TaskExpired
+from ..errors import BrokerUnavailable, EnqueueError, Retry, SoftTimeLimitExceeded, TaskExpired
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext
@@ -152,11 +154,11 @@ class Child:
             if task.options.ledger_transaction and self.ledger is not None:
                 with self.ledger.transaction(immediate=True) as conn:
                     ctx.ledger = conn
-                    result = self._call(task, ctx, soft_limit_s)
+                    result = self._call_acknowledged(task, ctx, soft_limit_s)
                     faults.point("after_task", self.parent_pid)
                     self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name, conn=conn)
             else:
-                result = self._call(task, ctx, soft_limit_s)
+                result = self._call_acknowledged(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
                 if self.ledger is not None:
                     self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name)
@@ -171,6 +173,34 @@ class Child:
                             shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
             return [seq, OK, duration, None, None, None, None]
         return self._failed(seq, task, msg, error, duration, key, log_extra)
+
+    def _call_acknowledged(self, task: Any, ctx: TaskContext, soft_limit_s: float | None) -> Any:
+        """Run the task; it succeeded only once every record it enqueued is acknowledged.
+
+        Otherwise a child killed right after reporting success (the next task's hard time
+        limit, the OOM killer) would lose what still sat in its producer's buffer, while
+        the offset of the task that enqueued it was committed. A record the broker did not
+        accept fails the task (retry or dead letter), so it is never reported finished.
+        """
+        with self.app.track_sends() as sent:
+            result = self._call(task, ctx, soft_limit_s)
+        if sent:
+            timeout_s = self.app.settings.send_timeout_ms / 1000.0
+            try:
+                self.app.producer.flush(timeout_s)
+            except KafkaError:
+                pass              # told below, per record
+            unsent = [f for f in sent if not f.is_done]
+            if unsent:
+                raise BrokerUnavailable(f"{len(unsent)} of the {len(sent)} message(s) this task enqueued were not "
+                                        f"acknowledged within {self.app.settings.send_timeout_ms} ms "
+                                        "(send_timeout_ms)")
+            failed = [f for f in sent if f.failed()]
+            if failed:
+                raise EnqueueError(f"{len(failed)} of the {len(sent)} message(s) this task enqueued were not "
+                                   f"accepted by Kafka: {type(failed[0].exception).__name__}: "
+                                   f"{failed[0].exception}")
+        return result
 
     @staticmethod
     def _call(task: Any, ctx: TaskContext, soft_limit_s: float | None) -> Any:

@@ -38,11 +38,15 @@ from .pool import ChildProc, Pool
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Worker", "EXIT_OK", "EXIT_COLD", "EXIT_ERROR"]
+__all__ = ["Worker", "EXIT_OK", "EXIT_COLD", "EXIT_ERROR", "EXIT_UNCOMMITTED"]
 
 EXIT_OK = 0        # warm shutdown: everything finished was committed
 EXIT_ERROR = 1     # could not start or failed
-EXIT_COLD = 3      # cold shutdown: in-flight tasks were killed and will be redelivered
+EXIT_COLD = 3      # cold shutdown: in-flight (or unpublished) records were left, and will be redelivered
+EXIT_UNCOMMITTED = 4   # stopped, but finished records could not be committed: they will be delivered again
+
+#: Longest each of the final commits at shutdown may block (kafka-python's default is 30 s).
+SHUTDOWN_COMMIT_TIMEOUT_MS = 5000
 
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
@@ -65,7 +69,8 @@ class PartitionState:
     tracker: OffsetTracker = field(default_factory=OffsetTracker)
     keys: dict[bytes, deque[Job]] = field(default_factory=dict)   # key -> jobs waiting behind the running one
     finished: dict[int, Job] = field(default_factory=dict)        # finished, not yet committed
-    hold_until: float | None = None    # a retry record not yet due: partition paused until then
+    hold_until: float | None = None    # a delay-tier record not yet due: partition paused until then
+    capped_hold: int | None = None     # offset held for the tier's delay only: moved on if still not due
     paused: bool = False
     revoking: bool = False
 
@@ -81,6 +86,7 @@ class Job:
     force: bool = False
     value: bytes | None = None        # what the child gets, when it differs from the record's value
     replay: bool = False              # replayed from the dead-letter topic
+    takes_key: bool = True            # went through the ready queue (holds its key while running)
 
     @property
     def offset(self) -> int:
@@ -112,7 +118,13 @@ class Stats:
     retried: int = 0
     dead_lettered: int = 0
     lost: int = 0
+    committed: int = 0                # finished records whose offsets were committed
     started_at: float = field(default_factory=time.monotonic)
+
+
+def _clock(epoch_s: float) -> str:
+    """A wall-clock time for log lines: ``2026-12-04 15:02:03 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch_s))
 
 
 class Worker:
@@ -136,6 +148,9 @@ class Worker:
         self.burst = burst
         self.host = socket.gethostname()
         self._retry_topics = {rt: t for t in self.topics for rt in app.retry_topics(t)}
+        # Delay of each delay-tier topic, in seconds: the longest it may hold its partition.
+        self._tier_s = {app.retry_topic(t, ms): ms / 1000.0 for t in self.topics
+                        for ms in app.settings.retry_tiers_ms}
         self.pool = Pool(app_spec, self.concurrency, loglevel=loglevel, log_format=log_format,
                          faults_spec=self.settings.faults, overrides=self.overrides)
         self.consumer: Any = None
@@ -304,11 +319,26 @@ class Worker:
                 continue
             due = job.message.due
             if due is not None and due > now:
-                # Not due yet: seek back to it and pause the partition until it is. Waiting
-                # this way buffers nothing and leaves every other partition running.
+                tier_s = self._tier_s.get(tp.topic)
+                if tier_s is None or ps.capped_hold == record.offset:
+                    # A task topic is never paused for a future due time, and a tier holds a
+                    # record for at most its own delay: move it (again) to the delay tier of
+                    # what is left, behind the records due sooner. It finishes once Kafka has
+                    # the copy.
+                    ps.capped_hold = None
+                    self._delay(job, due, from_tier=tier_s is not None)
+                    continue
+                # Not due yet: seek back to it and pause the partition until it is, or for
+                # the tier's delay at most, so a record due later never holds the ones
+                # behind it for longer. Waiting this way buffers nothing and leaves every
+                # other partition running.
                 ps.tracker.rewind(record.offset)
                 self.consumer.seek(tp, record.offset)
-                ps.hold_until = due
+                ps.hold_until = min(due, now + tier_s)
+                ps.capped_hold = record.offset if due > ps.hold_until else None
+                logger.info("holding %s/%d at offset %d until %s (task %s[%s] due %s%s)", tp.topic, tp.partition,
+                            record.offset, _clock(ps.hold_until), job.message.task, job.message.id, _clock(due),
+                            "; it moves on then" if ps.capped_hold is not None else "", extra=job.log_extra())
                 self._update_pause(ps)
                 break
             key = record.key
@@ -517,8 +547,8 @@ class Worker:
     @staticmethod
     def _holds_key(job: Job) -> bool:
         # Only records that went through the ready queue hold their key; dead-lettered
-        # undecodable or unregistered records never took it.
-        return job.message is not None and job.task is not None
+        # undecodable or unregistered records, and records moved to a delay tier, never took it.
+        return job.takes_key and job.message is not None and job.task is not None
 
     # -- retries and dead letters ----------------------------------------------
     def _retry(self, job: Job, delay_s: float, exc_type: str | None, exc_message: str | None) -> None:
@@ -537,6 +567,25 @@ class Worker:
         self.stats.retried += 1
         self.app.middleware.after("on_retry", message, delay_s, None)
         self._publish(PendingPublish(job, "retry", send))
+
+    def _delay(self, job: Job, due: float, from_tier: bool) -> None:
+        """Publish ``job``'s record, unchanged, to the delay tier of the time left until ``due``."""
+        job.takes_key = False
+        left_s = max(0.0, due - time.time())
+        topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(left_s))
+        # Reserved headers are carried only from a delay tier, where ktasks wrote them: from a
+        # task topic they would come from whoever enqueued the record.
+        dropped = {H_ORIGIN_TOPIC} if from_tier else {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY}
+        headers = [(k, v) for k, v in job.record.headers or [] if k not in dropped]
+        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
+        value = job.value or job.record.value
+        logger.info("task %s[%s] due %s: moved to %s", job.message.task if job.message else "?",
+                    job.message.id if job.message else "?", _clock(due), topic, extra=job.log_extra())
+
+        def send() -> Any:
+            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+
+        self._publish(PendingPublish(job, "delay", send))
 
     def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
                      stacktrace: str | None = None) -> None:
@@ -620,7 +669,8 @@ class Worker:
         self.publishing = still
 
     # -- commits --------------------------------------------------------------
-    def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None) -> bool:
+    def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None,
+                      timeout_ms: int | None = None) -> bool:
         """Commit finished offsets; returns False when a retriable error left something uncommitted."""
         now = time.monotonic()
         if not force and now < self._next_commit:
@@ -635,7 +685,7 @@ class Worker:
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, timeout_ms=timeout_ms)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
@@ -654,6 +704,7 @@ class Worker:
                 ps.tracker.mark_committed(om.offset)
                 for offset in [o for o in ps.finished if o < om.offset]:
                     del ps.finished[offset]
+                    self.stats.committed += 1
         if self._commit_failing_since is not None:
             logger.info("offset commit succeeded again after %d failures", self._commit_failures)
         self._commit_failing_since = None
@@ -668,6 +719,11 @@ class Worker:
             self._commit_failing_since = now
         failing_for = now - self._commit_failing_since
         deadline = self.settings.commit_retry_deadline_ms / 1000.0
+        if self._stop:
+            # Shutting down: no report-and-restart now. What stays uncommitted is counted in
+            # the exit status and the last log line.
+            logger.warning("offset commit failed while stopping (%s: %s)", type(exc).__name__, exc)
+            return False
         if retriable and failing_for < deadline:
             backoff = min(5.0, 0.05 * 2 ** min(self._commit_failures, 7))
             self._next_commit = now + backoff
@@ -699,7 +755,8 @@ class Worker:
                 except Exception:
                     logger.exception("could not report commit-failed record %s@%d", r.topic, r.offset)
             ps.finished.clear()
-        self.app.flush(10.0)
+        if not self._flush_quietly(10.0):
+            logger.error("some commit-failed reports are still unsent after 10s")
         self._commit_failing_since = None
         self._commit_failures = 0
         self._reset_to_committed()
@@ -797,28 +854,51 @@ class Worker:
             # Stop dispatching: queued records of these partitions are dropped (uncommitted,
             # the next owner gets them); running ones may finish within the deadline.
             self.ready = deque(j for j in self.ready if j.ps.tp not in waiting)
-            deadline = time.monotonic() + self.settings.revoke_timeout_ms / 1000.0
-            while time.monotonic() < deadline and not self._cold:
+        timeout_s = self.settings.revoke_timeout_ms / 1000.0
+        deadline = time.monotonic() + timeout_s
+        # Wait without holding the lock: the loop goes on dispatching other partitions and
+        # checking time limits meanwhile. The loop may itself be inside poll() for this very
+        # rebalance, so each turn here also collects results and pumps publishes.
+        while not self._cold:
+            with self._lock:
+                self._collect(0.0)
+                self._pump_publishes()
                 busy = sum(1 for c in self.pool.children for j in c.outstanding.values() if j.ps.tp in waiting)
                 pending = sum(1 for p in self.publishing if p.job.ps.tp in waiting)
-                if not busy and not pending:
-                    break
-                self._collect(0.05)
-                self._pump_publishes()
-                if pending:
-                    self.app.producer.flush(0.05)
-            else:
+            if not busy and not pending:
+                break
+            if time.monotonic() >= deadline:
                 logger.warning("revoke: tasks of %s still running after %.1fs; releasing anyway (the ledger "
                                "keeps their next owner from running them twice)",
-                               ", ".join(map(str, mine)), self.settings.revoke_timeout_ms / 1000.0)
-            # Commit before giving the partitions up, retrying retriable errors until the deadline.
-            while not self._maybe_commit(force=True, only=mine) and time.monotonic() < deadline:
-                time.sleep(0.1)
+                               ", ".join(map(str, mine)), timeout_s)
+                break
+            if pending:
+                self._flush_quietly(0.05)
+            else:
+                time.sleep(0.02)
+        # Commit before giving the partitions up, retrying retriable errors until the deadline.
+        while True:
+            with self._lock:
+                if self._maybe_commit(force=True, only=mine):
+                    break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        with self._lock:
             for tp in mine:
-                ps = self.partitions[tp]
-                logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
+                ps = self.partitions.get(tp)
+                if ps is not None:
+                    logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
             self._drop(mine)
         self.app.middleware.after("partitions_revoked", mine)
+
+    def _flush_quietly(self, timeout_s: float) -> bool:
+        """Flush the producer for up to ``timeout_s``; False (no exception) if records are still unsent."""
+        try:
+            self.app.producer.flush(timeout_s)
+        except KafkaError:
+            return False
+        return True
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         with self._lock:
@@ -854,7 +934,9 @@ class Worker:
                     self._check_time_limits()
                     self._pump_publishes()
                     if self.publishing:
-                        self.app.producer.flush(0.05)
+                        # A broker that does not answer makes a flush time out: keep waiting
+                        # until the deadline, it is not a reason to crash.
+                        self._flush_quietly(0.05)
                     self._maybe_commit()
         if self._cold or self._in_flight:
             logger.warning("cold shutdown: killing %d running task(s); they will be redelivered",
@@ -862,26 +944,48 @@ class Worker:
             self.pool.terminate()
             code = EXIT_COLD
         with self._lock:
-            for _ in range(3):
-                if self._maybe_commit(force=True):
+            unsent = len(self.publishing)
+            if unsent:
+                logger.warning("%d retry/dead-letter copies were not acknowledged in time: their records stay "
+                               "uncommitted and will be delivered again", unsent)
+                code = EXIT_COLD
+            for attempt in range(3):
+                if attempt:
+                    time.sleep(0.2)
+                if self._maybe_commit(force=True, timeout_ms=SHUTDOWN_COMMIT_TIMEOUT_MS):
                     break
-                time.sleep(0.2)
             committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
                          for tp, ps in sorted(self.partitions.items()) if ps.tracker.committed is not None}
+            uncommitted = sum(len(ps.finished) for ps in self.partitions.values())
             self.partitions.clear()
+        if uncommitted:
+            code = EXIT_UNCOMMITTED
         # close() leaves the group, so the others take our partitions over at once.
-        self.consumer.close(timeout_ms=10000)
+        try:
+            self.consumer.close(timeout_ms=10000)
+        except KafkaError as exc:
+            logger.warning("closing the consumer failed (%s: %s); the group notices after session_timeout_ms",
+                           type(exc).__name__, exc)
         self.pool.stop(timeout_s=10.0)
-        self.app.flush(10.0)
-        self._log_summary(committed)
+        if not self._flush_quietly(10.0):
+            logger.warning("records sent by this process were still unacknowledged after 10s")
+        self._log_summary(committed, uncommitted, unsent)
         return code
 
-    def _log_summary(self, committed: dict[str, Any]) -> None:
+    def _log_summary(self, committed: dict[str, Any], uncommitted: int = 0, unsent: int = 0) -> None:
         s = self.stats
         elapsed = time.monotonic() - s.started_at
         done = s.succeeded + s.skipped
-        logger.info(
+        if uncommitted:
+            fate = (f"{s.committed} finished record(s) committed, {uncommitted} finished record(s) not committed "
+                    "(they will be delivered again)")
+        else:
+            fate = f"all finished records committed ({s.committed})"
+        if unsent:
+            fate += f"; {unsent} retry/dead-letter copies unsent (their records will be delivered again)"
+        logger.log(
+            logging.WARNING if uncommitted or unsent else logging.INFO,
             "worker stopped after %.1fs: %d succeeded, %d skipped (already done), %d retried, "
-            "%d dead-lettered, %d lost children, %d children replaced; %.1f tasks/s; committed %s",
+            "%d dead-lettered, %d lost children, %d children replaced; %.1f tasks/s; committed %s; %s",
             elapsed, s.succeeded, s.skipped, s.retried, s.dead_lettered, s.lost, self.pool.replaced,
-            done / elapsed if elapsed > 0 else 0.0, committed or "nothing")
+            done / elapsed if elapsed > 0 else 0.0, committed or "nothing", fate)

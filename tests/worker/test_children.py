@@ -172,3 +172,33 @@ def test_time_limits(project: Any, read_records: Any) -> None:
     log = w.log()
     assert "ran past its time limit" in log
     assert "1 children replaced" in log, log[-2000:]
+
+
+def test_a_task_counts_as_finished_only_once_what_it_enqueued_is_acknowledged(project: Any) -> None:
+    p = project("""
+        @app.task
+        def first(n):
+            second.delay(n)
+            effect("first", n=n)
+
+        @app.task
+        def second(n):
+            effect("second", n=n)
+
+        @app.task(max_retries=0)
+        def killer():
+            os.kill(os.getpid(), 9)
+    """, partitions=1, linger_ms=10000)
+    # linger_ms: the producer holds what a task enqueued for 10 s before sending it.
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    p.app_module.first.delay(1)
+    p.app.flush()
+    wait_effects(p, "first", 1)
+    w.wait_for_log("succeeded")
+    # The next task kills the child (as a hard time limit or the OOM killer would).
+    p.app_module.killer.delay()
+    p.app.flush()
+    w.wait_for_log("died")
+    wait_effects(p, "second", 1, timeout_s=40)
+    assert w.stop() == 0

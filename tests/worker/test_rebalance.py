@@ -12,6 +12,7 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
+from ktasks.message import Message, encode
 from tests.fixtures.app import end_offsets
 from tests.fixtures.worker import wait_effects
 
@@ -116,3 +117,34 @@ def test_results_of_a_lost_assignment_publish_nothing(project: Any, inproc: Any,
     for topic in p.app.retry_topics(p.topic) + [p.app.dead_letter_topic(p.topic)]:
         assert sum(end_offsets(kafka_bootstrap, topic).values()) == 0, \
             f"a retry or dead letter of the lost assignment was published to {topic}"
+
+
+def send_to(project: Any, partition: int, task: str, *args: Any, due: float | None = None) -> None:
+    """Enqueue ``task(*args)`` on one partition of the project's task topic."""
+    value = encode(Message(task=f"{project.module}.{task}", args=list(args), due=due))
+    project.app.send_raw(project.topic, value, partition=partition)
+
+
+def test_a_revoke_waiting_for_a_task_stalls_only_the_revoked_partition(project: Any, inproc: Any) -> None:
+    p = project(SOURCE + """
+@app.task
+def slow(n):
+    effect("slow", n=n)
+    while not os.path.exists(EFFECTS + ".go"):
+        time.sleep(0.02)
+""", partitions=2)
+    h = inproc(p, concurrency=2, revoke_timeout_ms=15000)
+    tp0, tp1 = h.start([0, 1])
+    send_to(p, 0, "slow", 0)
+    p.app.flush()
+    h.step_until(lambda: p.effects("slow"), 30, "the slow task started")
+    revoke, _ = h.in_thread(lambda: h.worker._on_revoked([tp0]))
+    for n in range(3):
+        send_to(p, 1, "note", n)
+    p.app.flush()
+    h.step_until(lambda: len(p.effects("note")) >= 3, 10, "partition 1 went on during partition 0's revoke")
+    assert revoke.is_alive(), "the revoke is still waiting for partition 0's task"
+    (p.dir / "effects.jsonl.go").write_text("")
+    h.step_until(lambda: not revoke.is_alive(), 30, "the revoke ended once the task finished")
+    assert tp0 not in h.worker.partitions and tp1 in h.worker.partitions
+    assert p.committed(p.app.topics.admin()).get(0) == 1, "the finished task was committed before the release"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from typing import Any
 
 from kafka import KafkaConsumer
 
 from ktasks.deadletter import int_header
+from ktasks.message import Message, decode, encode
 from tests.fixtures.worker import wait_effects
 from tests.helpers import wait_until
 
@@ -224,4 +226,44 @@ def test_countdown_delays_a_task_without_blocking_the_task_topic(project: Any) -
     [later] = wait_effects(p, "later", 1)
     assert later["ts"] >= later["due"], "a delayed task never runs before its due time"
     assert max(e["ts"] for e in p.effects("now")) < later["ts"], "the task topic went on meanwhile"
+    assert w.stop() == 0
+
+
+def test_a_task_due_later_never_freezes_the_task_topic(project: Any) -> None:
+    p = project("""
+        @app.task
+        def note(n):
+            effect("note", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    # An envelope due in two hours, straight on the task topic (another producer, a clock ahead).
+    later = Message(task=f"{p.module}.note", args=[-1], due=time.time() + 7200)
+    p.app.send_raw(p.topic, encode(later))
+    for n in range(3):
+        p.app_module.note.delay(n)
+    p.app.flush()
+    wait_effects(p, "note", 3, timeout_s=30)
+    assert sorted(e["n"] for e in p.effects("note")) == [0, 1, 2]
+    moved = read_topic(p.bootstrap, p.app.retry_topic(p.topic, 5000), 1)
+    assert decode(moved[0].value).id == later.id, "the record waits in the largest delay tier instead"
+    assert w.stop() == 0
+
+
+def test_a_long_countdown_never_holds_a_task_due_sooner_in_the_same_tier(project: Any) -> None:
+    p = project("""
+        @app.task
+        def note(n):
+            effect("note", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    first = p.app_module.note.apply_async(args=(-1,), countdown_s=7200)     # two hours
+    second = p.app_module.note.apply_async(args=(1,), countdown_s=5.5)      # same tier (5 s)
+    assert first.topic == second.topic == p.app.retry_topic(p.topic, 5000)
+    p.app.flush()
+    [ran] = wait_effects(p, "note", 1, timeout_s=40)
+    assert ran["n"] == 1
+    w.wait_for_log("holding ")
+    assert "until" in w.log()
     assert w.stop() == 0

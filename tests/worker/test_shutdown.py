@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from tests.fixtures.worker import wait_effects
+from ktasks.dev import DevBroker, free_port
+from tests.fixtures.worker import FAST, Project, wait_effects
 from tests.helpers import wait_until
 
 
@@ -101,3 +103,66 @@ def test_cold_shutdown_loses_nothing(project: Any, kafka_admin: Any) -> None:
     repeated = {n for n, c in starts.items() if c > 1}
     assert repeated <= in_flight, f"only tasks in flight at the kill ran again: {repeated - in_flight}"
     assert all(c == 1 for c in ends.values()), ends
+
+
+def last_line(log: str) -> str:
+    return [line for line in log.splitlines() if line.strip()][-1]
+
+
+def test_warm_shutdown_whose_final_commits_are_rejected_says_so_and_exits_non_zero(
+        project: Any, kafka_admin: Any) -> None:
+    p = project("""
+        @app.task
+        def work(n):
+            effect("ran", n=n)
+    """, partitions=1, commit_retry_deadline_ms=600000)
+    # Every commit fails with a retriable error (a coordinator that keeps moving).
+    w = p.worker("-c", "1", env={"KTASKS_FAULTS": "commit=raise-retriable"})
+    w.wait_assigned()
+    for n in range(3):
+        p.app_module.work.delay(n)
+    p.app.flush()
+    wait_effects(p, "ran", 3)
+    w.signal(signal.SIGTERM)
+    code = w.wait()
+    assert code == 4, f"exit code {code}: finished records were left uncommitted\n" + w.log()[-3000:]
+    assert "3 finished record(s) not committed" in last_line(w.log())
+    assert p.committed(kafka_admin).get(0) is None
+
+
+def test_warm_shutdown_with_a_retry_publish_pending_while_the_broker_is_down(
+        tmp_path: Path, unique: Any) -> None:
+    broker = DevBroker(port=free_port(), state_dir=tmp_path / "broker")
+    broker.up(timeout_s=120)
+    (tmp_path / "p").mkdir()
+    p = Project(tmp_path / "p", unique("proj"), broker.bootstrap, unique("tasks"), unique("group"), """
+        @app.task(max_retries=3)
+        def work(n):
+            effect("ran", n=n)
+            if n == 3:
+                while not os.path.exists(EFFECTS + ".go"):
+                    time.sleep(0.02)
+                raise IOError("fails while the broker is down")
+    """, {**FAST, "partitions": 1, "shutdown_timeout_ms": 3000})
+    try:
+        w = p.worker("-c", "2")
+        w.wait_assigned()
+        for n in range(4):
+            p.app_module.work.delay(n)
+        p.app.flush()
+        wait_effects(p, "ran", 4)
+        admin = p.app.topics.admin()
+        wait_until(lambda: p.committed(admin).get(0) == 3, 30, message="offsets 0-2 committed")
+        broker.down()
+        (p.dir / "effects.jsonl.go").write_text("")        # the failure comes while the broker is down
+        w.wait_for_log("retry 1/3")
+        w.signal(signal.SIGTERM)
+        code = w.wait(timeout_s=120)
+        log = w.log()
+        assert code == 3, f"exit code {code}: the failed task's record was not finished\n" + log[-3000:]
+        assert "Traceback" not in log
+        assert "all finished records committed" in last_line(log), last_line(log)
+        assert "1 retry/dead-letter copies unsent" in last_line(log), last_line(log)
+    finally:
+        p.cleanup()
+        broker.down(wipe=True)
