@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES"]
+__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES", "check_ledger"]
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
 SCHEMA_VERSION = 2
@@ -209,6 +209,19 @@ class Decision:
         return self.kind is Kind.RUN
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (``BEGIN IMMEDIATE``) around the block: committed, or rolled back on any exception."""
+    conn.execute(_BEGIN_IMMEDIATE)
+    try:
+        yield
+        conn.execute(_COMMIT)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(_ROLLBACK)
+        raise
+
+
 def _is_busy(exc: BaseException) -> bool:
     if not isinstance(exc, sqlite3.OperationalError):
         return False
@@ -269,6 +282,9 @@ class Ledger:
         try:
             self._configure()
             _migrate(self._conn, self.path)
+        except sqlite3.Error as exc:  # a file that is no database fails its first read here
+            self._conn.close()
+            raise _ledger_error(f"cannot open {self.path}", exc) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -572,16 +588,9 @@ class Ledger:
         if self._in_user_tx:
             raise LedgerError("ledger: flush() inside transaction()")
         self._ensure_idle()
-        conn = self._conn
         try:
-            conn.execute(_BEGIN_IMMEDIATE)
-            try:
+            with _immediate(self._conn):
                 self._write_pending()
-                conn.execute(_COMMIT)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute(_ROLLBACK)
-                raise
         except sqlite3.Error as exc:
             raise _ledger_error("flush", exc) from exc
         self._clear_pending()
@@ -592,6 +601,32 @@ class Ledger:
         return len(self._pending)
 
     # -- reading and maintenance --------------------------------------------------
+    def verify(self) -> None:
+        """Prove the file usable by this process: intact (``PRAGMA quick_check``) and writable.
+
+        Raises :class:`~ktasks.errors.LedgerError` naming the file and what is
+        wrong. The worker parent calls it (through :func:`check_ledger`) before
+        it starts children, so a bad file stops the worker with one clear error
+        instead of failing in every child. ``quick_check`` reads every page:
+        about a second per few hundred MiB.
+        """
+        self._check_usable("verify")
+        conn = self._conn
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path} {_what_is_wrong(exc)}") from exc
+        if problems != ["ok"]:
+            raise LedgerError(f"ledger {self.path} is corrupt ({'; '.join(problems)}): "
+                              f"{_CORRUPT_ADVICE}")
+        try:
+            # A write that changes nothing: rewriting the version still takes the write lock and
+            # writes the header page, which is what a read-only file or mount refuses.
+            with _immediate(conn):
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path} {_what_is_wrong(exc)}") from exc
+
     def get(self, key: str, *, task: str) -> Entry | None:
         """The record of ``task``'s ``key``, or ``None``. Flushes first if it has a buffered finish."""
         self._check_usable("get")
@@ -664,14 +699,8 @@ class Ledger:
         conn = self._conn
         while True:
             try:
-                conn.execute(_BEGIN_IMMEDIATE)
-                try:
+                with _immediate(conn):
                     deleted = conn.execute(_PRUNE, (cutoff, batch)).rowcount
-                    conn.execute(_COMMIT)
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute(_ROLLBACK)
-                    raise
             except sqlite3.Error as exc:
                 raise _ledger_error("prune", exc) from exc
             total += deleted
@@ -732,6 +761,41 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"<Ledger {self.path}>"
+
+
+_CORRUPT_ADVICE = ("restore it from a backup, or move it away so the worker starts an empty one "
+                   "(tasks that finished before may then run again)")
+
+
+def _what_is_wrong(exc: BaseException) -> str:
+    """A reason for an operator, from a SQLite error while checking or opening a ledger."""
+    cause = exc.__cause__ if isinstance(exc, LedgerError) and exc.__cause__ is not None else exc
+    code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+
+    primary = code & 0xFF if code is not None else None
+    text = str(cause).lower()
+    if primary == 8 or "readonly" in text or "read-only" in text:  # SQLITE_READONLY
+        return (f"is read-only for this process ({cause}): the worker records a start before every "
+                f"task; make the file, its -wal and -shm files and its folder writable by uid {os.getuid()}")
+    if primary in (11, 26) or "malformed" in text or "not a database" in text:  # CORRUPT, NOTADB
+        return f"is corrupt or not a SQLite file ({cause}): {_CORRUPT_ADVICE}"
+    return f"cannot be used: {cause}"
+
+
+def check_ledger(path: str | os.PathLike[str]) -> None:
+    """Open the ledger at ``path`` (creating it if missing) and :meth:`~Ledger.verify` it, then close it.
+
+    Raises :class:`~ktasks.errors.LedgerError` whose message names the file
+    and what is wrong with it (cannot be opened, corrupt, read-only).
+    """
+    try:
+        ledger = Ledger(path)
+    except LedgerError as exc:
+        shown = Path(os.path.expanduser(os.fspath(path)))
+        raise LedgerError(f"ledger {shown} {_what_is_wrong(exc)}") from exc
+    try:
+        ledger.verify()
+    finally:
+        ledger.close()
 
 
 def _size(path: Path) -> int:
@@ -796,8 +860,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             return  # the common case: no write lock needed
         # IMMEDIATE: processes opening a new file at once queue here, and each
         # re-reads the version under the lock, so exactly one creates the schema.
-        conn.execute(_BEGIN_IMMEDIATE)
-        try:
+        with _immediate(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"ledger: {path} has schema version {version}; this ktasks "
@@ -813,11 +876,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 logger.info("ledger: %s migrated to schema version %d", path, v)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute(_COMMIT)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute(_ROLLBACK)
-            raise
     except sqlite3.Error as exc:
         raise _ledger_error(f"cannot create the schema in {path}", exc) from exc
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -40,3 +46,40 @@ def create_topic(admin: Any, name: str, partitions: int = 1, configs: dict[str, 
     if configs:
         spec["configs"] = configs
     admin.create_topics({name: spec}, wait_for_metadata=True)
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make the file ``path`` read-only for this user and its subprocesses while the block runs.
+
+    root writes through permission bits, so as root the file is made immutable
+    (``chattr +i``) instead; the test is skipped where that is not possible.
+    """
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make {path} read-only for root here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def corrupt_ledger(path: Path) -> None:
+    """A ledger with entries, then garbage written over some of its pages (a disk went bad)."""
+    from ktasks.ledger import Ledger
+
+    with Ledger(path) as led:
+        for i in range(3000):
+            led.begin(f"key-{i:05d}", "t", 0, 3)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xde\xad\xbe\xef" * 4096)

@@ -18,8 +18,8 @@ import pytest
 
 from ktasks import App
 from ktasks.errors import LedgerError
-from ktasks.ledger import APPLICATION_ID, SCHEMA_VERSION, TABLE, Kind, Ledger, Pruner
-from tests.helpers import wait_until
+from ktasks.ledger import APPLICATION_ID, SCHEMA_VERSION, TABLE, Kind, Ledger, Pruner, check_ledger
+from tests.helpers import corrupt_ledger, read_only, wait_until
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -121,6 +121,26 @@ def test_schema_1_ledger_is_migrated_keeping_every_entry(path: Path) -> None:
             f"EXPLAIN QUERY PLAN SELECT rowid FROM {TABLE} WHERE finished_at < 1 LIMIT 5"))
         assert f"{TABLE}_finished_at" in plan
     Ledger(path).close()  # migrated once: reopening is a no-op
+
+
+def test_check_ledger_names_the_file_and_what_is_wrong(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a ledger at all " * 100)
+    with pytest.raises(LedgerError, match=f"ledger {garbage} is corrupt or not a SQLite file"):
+        check_ledger(garbage)
+    damaged = tmp_path / "damaged.sqlite3"
+    corrupt_ledger(damaged)
+    with pytest.raises(LedgerError, match=f"ledger {damaged} is corrupt"):
+        check_ledger(damaged)
+    readonly = tmp_path / "readonly.sqlite3"
+    Ledger(readonly).close()
+    with read_only(readonly):
+        with pytest.raises(LedgerError, match=f"ledger {readonly} is read-only for this process"):
+            check_ledger(readonly)
+    check_ledger(readonly)  # writable again: fine
+    fresh = tmp_path / "new" / "ledger.sqlite3"
+    check_ledger(fresh)  # a missing file is created, as the worker would
+    assert Ledger(fresh).stats()["schema_version"] == SCHEMA_VERSION
 
 
 def test_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

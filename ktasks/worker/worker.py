@@ -170,15 +170,19 @@ class Worker:
         logger.info("worker for app %s: group %s, %d children, topics %s", self.app.name, self.group_id,
                     self.concurrency, ", ".join(self.topics))
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
+        ledger_path = None
+        if self.settings.ledger_enabled:
+            from ..ledger import Ledger, Pruner, check_ledger
+
+            # The worker's own settings (CLI flags) decide where. Checked here, once: a corrupt
+            # or read-only file would otherwise fail every child, replaced again and again.
+            ledger_path = self.settings.ledger_path or Ledger.default_path(self.group_id)
+            check_ledger(ledger_path)
         self.pool.start()
         self.stats = Stats()
         pruner = None
-        if self.settings.ledger_enabled:
-            from ..ledger import Ledger, Pruner
-
-            # Old entries go in the background; the worker's own settings (CLI flags) decide where.
-            path = self.settings.ledger_path or Ledger.default_path(self.group_id)
-            pruner = Pruner(path, self.settings.ledger_retention_s)
+        if ledger_path is not None:
+            pruner = Pruner(ledger_path, self.settings.ledger_retention_s)  # old entries go in the background
             pruner.start()
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
         self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
