@@ -31,21 +31,22 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from . import headers as headers_mod
 from .errors import DecodeError, EncodeError
 
 __all__ = ["FORMAT_VERSION", "Message", "encode", "decode", "headers_of", "HEADER_TASK", "HEADER_ID",
            "new_id", "MAX_DEPTH", "MAX_ARG_DEPTH", "MIN_INT", "MAX_INT"]
 
 FORMAT_VERSION = 1
-HEADER_TASK = "ktasks-task"
-HEADER_ID = "ktasks-id"
-HEADER_VERSION = "ktasks-v"
+HEADER_TASK = headers_mod.TASK
+HEADER_ID = headers_mod.ID
+HEADER_VERSION = headers_mod.VERSION
 
 #: Deepest nesting of lists and maps in an envelope that msgpack's decoder accepts (its stack size).
 MAX_DEPTH = 1024
@@ -363,7 +364,8 @@ def decode(data: bytes | None) -> Message:
 
 
 def headers_of(message: Message, extra: Mapping[str, str | bytes] | None = None) -> list[tuple[str, bytes]]:
-    """Kafka headers for a message: task name and id first, then the caller's."""
+    """Kafka headers for a message: task name and id first, then the caller's (reserved names refused)."""
+    headers_mod.check_caller_headers(extra)
     headers = [
         (HEADER_TASK, message.task.encode()),
         (HEADER_ID, message.id.encode()),
@@ -381,10 +383,5 @@ def headers_of(message: Message, extra: Mapping[str, str | bytes] | None = None)
     return headers
 
 
-def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
-    """The last value of a header, decoded, or None."""
-    found = None
-    for key, value in headers or ():
-        if key == name and value is not None:
-            found = value.decode("utf-8", "replace")
-    return found
+#: The last value of a header, decoded, or None.
+header = headers_mod.value_of

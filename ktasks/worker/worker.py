@@ -25,11 +25,12 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
-from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, H_REPLAY, DeadLetter
+from ..deadletter import DeadLetter
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..headers import retry_headers, trusted_marks
 from ..logs import task_extra
-from ..message import Message, decode, encode, header
+from ..message import Message, decode, encode
 from ..middleware import TaskEvent
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
@@ -49,8 +50,6 @@ QUICK_TASK_S = 0.005
 
 #: What :meth:`Worker._committed` returns when it gave up because the worker is stopping.
 _UNKNOWN: Any = object()
-
-_HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
 
 #: A child's result status -> the outcome middleware sees (ktasks.middleware.OUTCOMES).
 _OUTCOME = {OK: "succeeded", SKIP: "skipped", RETRY: "retried", DEAD: "failed", POISON: "dead_lettered"}
@@ -289,14 +288,14 @@ class Worker:
                 break
             ps.tracker.add(record.offset)
             self._seq += 1
-            job = Job(self._seq, ps, record, None, None, header(record.headers, H_ORIGIN_TOPIC) or origin,
-                      force=header(record.headers, H_FORCE) == "1")
+            marks = trusted_marks(record.headers, on_ktasks_topic=tp.topic in self._retry_topics)
+            job = Job(self._seq, ps, record, None, None, marks.origin_topic or origin, force=marks.force)
             try:
                 job.message = decode(record.value)
             except DecodeError as exc:
                 self._dead_letter(job, "undecodable", "ktasks.errors.DecodeError", str(exc))
                 continue
-            job.replay = header(record.headers, H_REPLAY) == "1"
+            job.replay = marks.replay
             if job.replay and job.message.attempt:
                 # A replay from the dead-letter topic gets a fresh retry budget.
                 job.message = replace(job.message, attempt=0)
@@ -529,9 +528,7 @@ class Worker:
         assert job.message is not None
         message = replace(job.message, attempt=job.message.attempt + 1, due=time.time() + delay_s)
         topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(delay_s))
-        headers = [(k, v) for k, v in job.record.headers or [] if k not in _HEADERS_NOT_CARRIED]
-        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
-        headers.append(("ktasks-last-error", f"{exc_type}: {exc_message}"[:1000].encode()))
+        headers = retry_headers(job.record.headers, job.origin_topic, f"{exc_type}: {exc_message}")
         value = encode(message)
 
         def send() -> Any:
