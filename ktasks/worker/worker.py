@@ -32,6 +32,7 @@ from ..headers import retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import TaskEvent
+from ..readiness import wait_for_cluster
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
@@ -168,6 +169,8 @@ class Worker:
         all_topics = self.topics + list(self._retry_topics)
         logger.info("worker for app %s: group %s, %d children, topics %s", self.app.name, self.group_id,
                     self.concurrency, ", ".join(self.topics))
+        if not wait_for_cluster(self.settings, self.app.client_id, lambda: self._stop):
+            return EXIT_OK  # stopped while waiting: nothing was consumed
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
         ledger_path = None
         if self.settings.ledger_enabled:
