@@ -50,7 +50,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
+from . import headers as headers_mod
 from .errors import DecodeError, KtasksError
+from .headers import is_dead_letter_header, replay_headers, strip_dead_letter_headers
 from .message import HEADER_ID, HEADER_TASK, Message, decode, header
 
 if TYPE_CHECKING:
@@ -83,15 +85,10 @@ H_REASON = "ktasks-dlt-reason"
 H_ATTEMPTS = "ktasks-dlt-attempts"
 H_HOST = "ktasks-dlt-host"
 H_TIME = "ktasks-dlt-time"
-#: The task topic a replay goes back to. Retry-topic records carry it too (the worker adds it).
-H_ORIGIN_TOPIC = "ktasks-origin-topic"
-#: Set to ``1`` on records republished by ``ktasks dlq replay``.
-H_REPLAY = "ktasks-replay"
-#: Set to ``1`` by ``ktasks dlq replay --force``: run even if the ledger recorded a success.
-H_FORCE = "ktasks-force"
-
-_SPRING_PREFIX = "kafka_dlt-"
-_KTASKS_PREFIX = "ktasks-dlt-"
+# The control headers, and which records they are trusted on: see ktasks.headers.
+H_ORIGIN_TOPIC = headers_mod.ORIGIN_TOPIC
+H_REPLAY = headers_mod.REPLAY
+H_FORCE = headers_mod.FORCE
 
 #: Why a record was dead-lettered; the value of ``ktasks-dlt-reason``. See docs/dead-letters.md.
 REASONS = (
@@ -128,9 +125,9 @@ class DeadLetter:
 
     ``value``, ``key`` and ``headers`` are the original record's and are kept
     unchanged. ``topic``/``partition``/``offset``/``timestamp_ms`` say where it
-    was consumed; ``origin_topic`` is the task topic a replay goes back to (a
-    ``ktasks-origin-topic`` header on the original record wins over it, so a
-    record that failed on a retry topic replays to its task topic).
+    was consumed; ``origin_topic`` is the task topic a replay goes back to (for
+    a record that failed on a retry topic, the task topic it belongs to: the
+    worker reads it from the record's ``ktasks-origin-topic``, trusted there).
     """
 
     value: bytes | None
@@ -182,8 +179,14 @@ class DeadLetter:
 
     @property
     def effective_origin_topic(self) -> str:
-        """The task topic to replay to: the record's ``ktasks-origin-topic`` header, else ``origin_topic``."""
-        return header(self.headers, H_ORIGIN_TOPIC) or self.origin_topic
+        """The task topic to replay to: ``origin_topic``.
+
+        Never the record's own ``ktasks-origin-topic`` header: whoever builds
+        the dead letter decides whether that header is to be trusted (the
+        worker trusts it on retry topics only, see :mod:`ktasks.headers`), so
+        a header a producer put on a task topic cannot route dead letters.
+        """
+        return self.origin_topic
 
 
 def exception_info(exc: BaseException) -> tuple[str, str, str]:
@@ -193,25 +196,6 @@ def exception_info(exc: BaseException) -> tuple[str, str, str]:
     fqcn = cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
     stack = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
     return fqcn, str(exc), stack
-
-
-def is_dead_letter_header(name: str) -> bool:
-    """True for headers a dead-lettering adds (Spring's ``kafka_dlt-*``, ``ktasks-dlt-*``)."""
-    return name.startswith(_SPRING_PREFIX) or name.startswith(_KTASKS_PREFIX)
-
-
-def strip_dead_letter_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """The headers without any left by a dead-lettering (including ``ktasks-origin-topic``)."""
-    return [(k, v) for k, v in headers if not is_dead_letter_header(k) and k != H_ORIGIN_TOPIC]
-
-
-def replay_headers(headers: Iterable[tuple[str, bytes]], force: bool = False) -> list[tuple[str, bytes]]:
-    """Headers for replaying a dead letter: the original ones, marked as a replay (and forced)."""
-    kept = [(k, v) for k, v in strip_dead_letter_headers(headers) if k not in (H_REPLAY, H_FORCE)]
-    kept.append((H_REPLAY, b"1"))
-    if force:
-        kept.append((H_FORCE, b"1"))
-    return kept
 
 
 def _truncate(text: str, limit: int, keep_tail: bool) -> bytes:
@@ -559,21 +543,25 @@ def iter_dead_letters(app: App, topics: Iterable[str], *, tail: int | None = Non
 
 
 def replay(app: App, letter: StoredDeadLetter, force: bool = False) -> Any:
-    """Republish a dead letter's original value and key to its origin topic; returns the send future.
+    """Republish a dead letter's original value and key for its origin topic; returns the send future.
 
-    Headers are the original ones plus ``ktasks-replay: 1`` (and
-    ``ktasks-force: 1`` with ``force``, which makes the worker run it even if
-    its ledger recorded a success). The dead letter itself stays where it is.
-    The origin topic is created if it is missing (when ``auto_create_topics``
-    is on). Raises :class:`~ktasks.errors.EnqueueError` if the send cannot be
-    queued.
+    The record goes to the origin topic's first retry tier, which the
+    origin's workers consume and run at once (its due time, if any, is past):
+    the worker trusts the replay marks only on its retry topics (see
+    :mod:`ktasks.headers`). Headers are the original ones plus
+    ``ktasks-origin-topic``, ``ktasks-replay: 1`` (and ``ktasks-force: 1``
+    with ``force``, which makes the worker run it even if its ledger recorded
+    a success). The dead letter itself stays where it is. The topic is
+    created if it is missing (when ``auto_create_topics`` is on). Raises
+    :class:`~ktasks.errors.EnqueueError` if the send cannot be queued.
     """
-    topic = letter.origin_topic(app.settings.dead_letter_suffix)
+    origin = letter.origin_topic(app.settings.dead_letter_suffix)
+    topic = app.retry_topic(origin, app.delay_tier_ms(0))
     app.ensure_topics([topic])
-    logger.info("replaying %s[%d]@%d (id %s) to %s%s", letter.topic, letter.partition, letter.offset,
-                letter.task_id, topic, " (forced)" if force else "")
+    logger.info("replaying %s[%d]@%d (id %s) to %s via %s%s", letter.topic, letter.partition, letter.offset,
+                letter.task_id, origin, topic, " (forced)" if force else "")
     return app.send_raw(topic, cast(bytes, letter.value), key=letter.key,
-                        headers=replay_headers(letter.headers, force))
+                        headers=replay_headers(letter.headers, force, origin_topic=origin))
 
 
 def purge(app: App, topics: Iterable[str],

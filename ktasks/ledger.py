@@ -13,6 +13,11 @@ caller's ``idempotency_key``, else the task id). A key names an execution of
   (every attempt took its process down); it is marked ``poisoned``;
   dead-letter it.
 * ``run``: a start is recorded, committed, and the task runs.
+* ``running``: another process on this host that still runs holds the key's
+  start (told apart by pid and process start time, so a reused pid does not
+  count); nothing is recorded, the caller waits and asks again. A live start
+  is never a crash: it neither counts toward ``max_starts`` nor lets a second
+  copy run.
 
 An entry moves ``started -> succeeded``, ``started -> failed`` or
 ``started -> poisoned``. A failed key runs again (the retry path owns the
@@ -46,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlite_utils
 
-from ._proc import pid_alive
+from ._proc import pid_alive, start_ticks
 from .errors import LedgerError
 from .message import pack, unpack
 
@@ -55,10 +60,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES"]
+__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES", "check_ledger"]
 
 #: Version of the schema this code writes; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Our table. Prefixed, because bound tasks keep their own tables in the same file.
 TABLE = "ktasks_ledger"
 #: ``PRAGMA application_id`` of a ledger file ("ktlg"), so tools can tell one from any other SQLite file.
@@ -75,18 +80,19 @@ _HOST = socket.gethostname()
 _COLUMNS = (
     "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
     "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
+    "pid_start",
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? AND task = ?"
 _SELECT_KEY = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? ORDER BY task"
 _INSERT_START = (
-    f"INSERT INTO {TABLE} (key, task, state, attempt, starts, total_starts, host, pid, started_at, updated_at) "
-    f"VALUES (?, ?, '{STARTED}', ?, 1, 1, ?, ?, ?, ?)"
+    f"INSERT INTO {TABLE} (key, task, state, attempt, starts, total_starts, host, pid, pid_start, started_at, "
+    f"updated_at) VALUES (?, ?, '{STARTED}', ?, 1, 1, ?, ?, ?, ?, ?)"
 )
 # A new start clears the previous finish (its time, result) but keeps the last failure's
 # exception: when a key ends up poison, the failure before the crashes is the best clue.
 _UPDATE_START = (
     f"UPDATE {TABLE} SET state = '{STARTED}', attempt = ?, starts = ?, "
-    "total_starts = total_starts + 1, host = ?, pid = ?, started_at = ?, finished_at = NULL, "
+    "total_starts = total_starts + 1, host = ?, pid = ?, pid_start = ?, started_at = ?, finished_at = NULL, "
     "duration_s = NULL, result = NULL, note = NULL, updated_at = ? WHERE key = ? AND task = ?"
 )
 # Finishes are upserts: a finish without a start (eager runs, a start lost with its
@@ -138,6 +144,8 @@ class Kind(str, enum.Enum):
     RUN = "run"
     SKIP = "skip"
     POISON = "poison"
+    #: Started by another process on this host that still runs: nothing was recorded.
+    RUNNING = "running"
 
     def __str__(self) -> str:
         return self.value
@@ -171,6 +179,8 @@ class Entry:
     exc_message: str | None
     traceback: str | None
     updated_at: float
+    #: Start time of process ``pid`` (clock ticks since boot, Linux), so a reused pid is told apart.
+    pid_start: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -207,6 +217,19 @@ class Decision:
     @property
     def run(self) -> bool:
         return self.kind is Kind.RUN
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction (``BEGIN IMMEDIATE``) around the block: committed, or rolled back on any exception."""
+    conn.execute(_BEGIN_IMMEDIATE)
+    try:
+        yield
+        conn.execute(_COMMIT)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute(_ROLLBACK)
+        raise
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -253,6 +276,7 @@ class Ledger:
         self.max_result_bytes = max_result_bytes
         self.max_pending = max_pending
         self._pid = os.getpid()
+        self._own_start = start_ticks(self._pid)
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         self._pending_keys: set[tuple[str, str]] = set()
         self._in_user_tx = False
@@ -269,6 +293,9 @@ class Ledger:
         try:
             self._configure()
             _migrate(self._conn, self.path)
+        except sqlite3.Error as exc:  # a file that is no database fails its first read here
+            self._conn.close()
+            raise _ledger_error(f"cannot open {self.path}", exc) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -324,14 +351,21 @@ class Ledger:
 
         Returns a :class:`Decision` of kind ``skip`` (recorded as succeeded),
         ``poison`` (``max_starts`` unfinished starts already, ``0`` meaning no
-        limit, or marked poisoned before; the entry is marked ``poisoned``) or
-        ``run`` (a start is committed before this returns).
+        limit, or marked poisoned before; the entry is marked ``poisoned``),
+        ``run`` (a start is committed before this returns) or ``running``.
 
-        ``wait_running_s``: when the key is started right now by another live
-        process on this host (the same key enqueued twice and picked up by two
-        children), wait up to this long for it to finish before deciding, so
-        the duplicate is skipped instead of run twice. 0 (the default) decides
-        at once, which may run both.
+        ``running`` (nothing recorded): the key's start is held by another
+        process on this host that still runs (the same key enqueued twice and
+        picked up by two children, or redelivered to a new owner while the old
+        one still runs it). A start whose process is alive is never counted as
+        a crash and never a reason to run a second copy; the caller waits and
+        asks again. Processes are told apart by pid and start time, so a pid
+        reused after a crash does not pass for the process that crashed.
+
+        ``wait_running_s``: how long to wait here for such a start to finish
+        before deciding, so the duplicate is skipped (or run, if the first one
+        failed or died) without the caller asking again. 0 (the default)
+        answers ``running`` at once.
 
         ``replay`` (a record republished by ``ktasks dlq replay``): a key
         marked poisoned runs again, its count of unfinished starts beginning
@@ -360,6 +394,7 @@ class Ledger:
                     wait: bool, replay: bool, force: bool) -> tuple[Decision | None, int | None]:
         conn = self._conn
         now = time.time()
+        pid_start = self._own_start if pid == self._pid else start_ticks(pid)
         try:
             conn.execute(_BEGIN_IMMEDIATE)
             try:
@@ -373,30 +408,33 @@ class Ledger:
                 row = conn.execute(_SELECT, (key, task)).fetchone()
                 entry = None if row is None else Entry(*row)
                 if entry is None:
-                    conn.execute(_INSERT_START, (key, task, attempt, host, pid, now, now))
+                    conn.execute(_INSERT_START, (key, task, attempt, host, pid, pid_start, now, now))
                     decision = Decision(Kind.RUN, None, 1)
                 elif force or (replay and entry.state == POISONED):
-                    conn.execute(_UPDATE_START, (attempt, 1, host, pid, now, now, key, task))
+                    conn.execute(_UPDATE_START, (attempt, 1, host, pid, pid_start, now, now, key, task))
                     decision = Decision(Kind.RUN, entry, 1)
                 elif entry.state == SUCCEEDED:
                     decision = Decision(Kind.SKIP, entry, 0)
                 elif entry.state == POISONED:
                     decision = Decision(Kind.POISON, entry, entry.starts)
-                elif (wait and entry.state == STARTED and entry.host == host and entry.pid
-                      and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid)):
-                    # Checked before poison: a start whose process still runs is no crash.
+                elif (entry.state == STARTED and entry.host == host and entry.pid
+                      and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid, entry.pid_start)):
+                    # Checked before poison: a start whose process still runs is no crash, and
+                    # never a reason to run a second copy, however long it runs.
                     # Write our buffered finishes before waiting, so two processes waiting
                     # for each other's buffered successes cannot deadlock.
                     if not carried:
                         self._write_pending()
                     conn.execute(_COMMIT)
                     self._clear_pending()
-                    return None, entry.pid
+                    if wait:
+                        return None, entry.pid
+                    return Decision(Kind.RUNNING, entry, entry.starts), None
                 elif entry.state == STARTED and 0 < max_starts <= entry.starts:
                     conn.execute(_POISONED, (now, now, key, task))
                     decision = Decision(Kind.POISON, entry, entry.starts)
                 else:
-                    conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, now, now, key, task))
+                    conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, pid_start, now, now, key, task))
                     decision = Decision(Kind.RUN, entry, entry.starts + 1)
                 conn.execute(_COMMIT)
             except BaseException:
@@ -572,16 +610,9 @@ class Ledger:
         if self._in_user_tx:
             raise LedgerError("ledger: flush() inside transaction()")
         self._ensure_idle()
-        conn = self._conn
         try:
-            conn.execute(_BEGIN_IMMEDIATE)
-            try:
+            with _immediate(self._conn):
                 self._write_pending()
-                conn.execute(_COMMIT)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute(_ROLLBACK)
-                raise
         except sqlite3.Error as exc:
             raise _ledger_error("flush", exc) from exc
         self._clear_pending()
@@ -592,6 +623,32 @@ class Ledger:
         return len(self._pending)
 
     # -- reading and maintenance --------------------------------------------------
+    def verify(self) -> None:
+        """Prove the file usable by this process: intact (``PRAGMA quick_check``) and writable.
+
+        Raises :class:`~ktasks.errors.LedgerError` naming the file and what is
+        wrong. The worker parent calls it (through :func:`check_ledger`) before
+        it starts children, so a bad file stops the worker with one clear error
+        instead of failing in every child. ``quick_check`` reads every page:
+        about a second per few hundred MiB.
+        """
+        self._check_usable("verify")
+        conn = self._conn
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path} {_what_is_wrong(exc)}") from exc
+        if problems != ["ok"]:
+            raise LedgerError(f"ledger {self.path} is corrupt ({'; '.join(problems)}): "
+                              f"{_CORRUPT_ADVICE}")
+        try:
+            # A write that changes nothing: rewriting the version still takes the write lock and
+            # writes the header page, which is what a read-only file or mount refuses.
+            with _immediate(conn):
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"ledger {self.path} {_what_is_wrong(exc)}") from exc
+
     def get(self, key: str, *, task: str) -> Entry | None:
         """The record of ``task``'s ``key``, or ``None``. Flushes first if it has a buffered finish."""
         self._check_usable("get")
@@ -664,14 +721,8 @@ class Ledger:
         conn = self._conn
         while True:
             try:
-                conn.execute(_BEGIN_IMMEDIATE)
-                try:
+                with _immediate(conn):
                     deleted = conn.execute(_PRUNE, (cutoff, batch)).rowcount
-                    conn.execute(_COMMIT)
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute(_ROLLBACK)
-                    raise
             except sqlite3.Error as exc:
                 raise _ledger_error("prune", exc) from exc
             total += deleted
@@ -734,6 +785,41 @@ class Ledger:
         return f"<Ledger {self.path}>"
 
 
+_CORRUPT_ADVICE = ("restore it from a backup, or move it away so the worker starts an empty one "
+                   "(tasks that finished before may then run again)")
+
+
+def _what_is_wrong(exc: BaseException) -> str:
+    """A reason for an operator, from a SQLite error while checking or opening a ledger."""
+    cause = exc.__cause__ if isinstance(exc, LedgerError) and exc.__cause__ is not None else exc
+    code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+
+    primary = code & 0xFF if code is not None else None
+    text = str(cause).lower()
+    if primary == 8 or "readonly" in text or "read-only" in text:  # SQLITE_READONLY
+        return (f"is read-only for this process ({cause}): the worker records a start before every "
+                f"task; make the file, its -wal and -shm files and its folder writable by uid {os.getuid()}")
+    if primary in (11, 26) or "malformed" in text or "not a database" in text:  # CORRUPT, NOTADB
+        return f"is corrupt or not a SQLite file ({cause}): {_CORRUPT_ADVICE}"
+    return f"cannot be used: {cause}"
+
+
+def check_ledger(path: str | os.PathLike[str]) -> None:
+    """Open the ledger at ``path`` (creating it if missing) and :meth:`~Ledger.verify` it, then close it.
+
+    Raises :class:`~ktasks.errors.LedgerError` whose message names the file
+    and what is wrong with it (cannot be opened, corrupt, read-only).
+    """
+    try:
+        ledger = Ledger(path)
+    except LedgerError as exc:
+        shown = Path(os.path.expanduser(os.fspath(path)))
+        raise LedgerError(f"ledger {shown} {_what_is_wrong(exc)}") from exc
+    try:
+        ledger.verify()
+    finally:
+        ledger.close()
+
+
 def _size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -759,6 +845,13 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
     db.table(TABLE).create_index(["finished_at"], index_name=f"{TABLE}_finished_at")
 
 
+#: The columns of schema versions 1 and 2, spelled out: a migration must not change with later versions.
+_COLUMNS_V1 = (
+    "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
+    "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
+)
+
+
 def _migrate_2(db: sqlite_utils.Database) -> None:
     # Version 1 keyed an entry by the idempotency key alone, so two tasks given the same key
     # shared one entry and the second was skipped as "already succeeded". From version 2 an
@@ -779,15 +872,22 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
         "finished_at FLOAT, duration_s FLOAT, result BLOB, note TEXT, exc_type TEXT, exc_message TEXT, "
         "traceback TEXT, updated_at FLOAT NOT NULL, PRIMARY KEY (key, task))"
     )
-    columns = ", ".join(_COLUMNS)
+    columns = ", ".join(_COLUMNS_V1)
     conn.execute(f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {old}")
     conn.execute(f"DROP TABLE {old}")
     # Prune and "oldest finished" walk this index instead of scanning the table.
     conn.execute(f"CREATE INDEX {TABLE}_finished_at ON {TABLE} (finished_at)")
 
 
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    # The start time of the process that recorded a start, next to its pid: whether that
+    # process still runs decides between "running, wait" and "crashed, count it", and a
+    # pid alone may have been reused. NULL for starts recorded before: pid liveness only.
+    db.conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN pid_start INTEGER")
+
+
 #: Migration to version N is ``_MIGRATIONS[N]``; each runs in the transaction that bumps the version.
-_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2}
+_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -796,8 +896,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             return  # the common case: no write lock needed
         # IMMEDIATE: processes opening a new file at once queue here, and each
         # re-reads the version under the lock, so exactly one creates the schema.
-        conn.execute(_BEGIN_IMMEDIATE)
-        try:
+        with _immediate(conn):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise LedgerError(f"ledger: {path} has schema version {version}; this ktasks "
@@ -813,11 +912,6 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 logger.info("ledger: %s migrated to schema version %d", path, v)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute(_COMMIT)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute(_ROLLBACK)
-            raise
     except sqlite3.Error as exc:
         raise _ledger_error(f"cannot create the schema in {path}", exc) from exc
 

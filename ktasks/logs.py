@@ -29,12 +29,13 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["configure_logging", "task_extra", "task_context", "bind_task", "TASK_FIELDS", "TextFormatter", "JsonFormatter",
-           "TaskFieldsFilter"]
+           "TaskFieldsFilter", "RepeatFilter", "REPEAT_WINDOW_S"]
 
 TASK_FIELDS = ("task_name", "task_id", "topic", "partition", "offset")
 
@@ -84,6 +85,49 @@ class TaskFieldsFilter(logging.Filter):
         return True
 
 
+#: kafka-python says the same thing again and again while a broker is away ("Marking the
+#: coordinator dead", "Connection failed", thousands of times): one line per this many seconds.
+REPEAT_WINDOW_S = 30.0
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one line of a kind through per ``window_s``, then the next one with a count of those held back.
+
+    Applies to loggers under ``prefixes`` (kafka-python's by default); a
+    line's kind is its logger, level and message template (the format string
+    before its arguments). The line after a window carries
+    ``repeats_suppressed``: the text format appends ``(N similar lines
+    suppressed)``, the JSON format emits it as a key.
+    """
+
+    def __init__(self, prefixes: tuple[str, ...] = ("kafka",), window_s: float = REPEAT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # kind -> [window end, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if not any(name == p or name.startswith(p + ".") for p in self.prefixes):
+            return True
+        kind = (name, record.levelno, str(record.msg))
+        now = self._clock()
+        with self._lock:
+            state = self._seen.get(kind)
+            if state is not None and now < state[0]:
+                state[1] += 1
+                return False
+            if len(self._seen) > 1000:  # message templates are few; never let this grow without end
+                self._seen = {k: v for k, v in self._seen.items() if v[0] > now}
+            self._seen[kind] = [now + self.window_s, 0]
+        if state is not None and state[1]:
+            record.repeats_suppressed = int(state[1])
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """``time LEVEL [process:pid] logger: message [topic/partition@offset]``."""
 
@@ -94,6 +138,9 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.procname = f"{self.process_name}:{os.getpid()}"
         line = super().format(record)
+        repeats = getattr(record, "repeats_suppressed", None)
+        if repeats:
+            line += f" ({repeats} similar lines suppressed)"
         if getattr(record, "task_id", None) is not None:
             line += " [{}/{}@{}]".format(*(getattr(record, n, None) for n in ("topic", "partition", "offset")))
         return line
@@ -134,6 +181,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text", process_name: str 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(process_name) if fmt == "json" else TextFormatter(process_name))
     handler.addFilter(TaskFieldsFilter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_ktasks", False):

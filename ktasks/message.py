@@ -15,6 +15,12 @@ Beside msgpack's own types (None, bool, int, float, str, bytes, list, dict),
 arguments may be :class:`datetime.datetime`, :class:`datetime.date`,
 :class:`decimal.Decimal` and :class:`uuid.UUID`; they come back as the same
 types. Tuples come back as lists, as in JSON.
+
+Limits, the same at both ends (:func:`encode` refuses what :func:`decode`
+would refuse, so nothing is sent only to be dead-lettered as undecodable):
+integers from :data:`MIN_INT` to :data:`MAX_INT`, and lists and maps nested
+at most :data:`MAX_ARG_DEPTH` deep inside an argument (:data:`MAX_DEPTH` in
+the whole envelope, whose map and argument list take two levels).
 """
 
 from __future__ import annotations
@@ -25,21 +31,30 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
+from . import headers as headers_mod
 from .errors import DecodeError, EncodeError
 
 __all__ = ["FORMAT_VERSION", "Message", "encode", "decode", "headers_of", "HEADER_TASK", "HEADER_ID",
-           "new_id"]
+           "new_id", "MAX_DEPTH", "MAX_ARG_DEPTH", "MIN_INT", "MAX_INT"]
 
 FORMAT_VERSION = 1
-HEADER_TASK = "ktasks-task"
-HEADER_ID = "ktasks-id"
-HEADER_VERSION = "ktasks-v"
+HEADER_TASK = headers_mod.TASK
+HEADER_ID = headers_mod.ID
+HEADER_VERSION = headers_mod.VERSION
+
+#: Deepest nesting of lists and maps in an envelope that msgpack's decoder accepts (its stack size).
+MAX_DEPTH = 1024
+#: Deepest nesting inside one argument: the envelope's map and its args list (or kwargs map) take two.
+MAX_ARG_DEPTH = MAX_DEPTH - 2
+#: The integers msgpack can carry: signed 64-bit below zero, unsigned 64-bit above.
+MIN_INT = -(2 ** 63)
+MAX_INT = 2 ** 64 - 1
 
 # msgpack extension type codes for the types beyond msgpack's own.
 _EXT_DATETIME = 1
@@ -128,6 +143,9 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_UUID, obj.bytes)
     if isinstance(obj, (set, frozenset)):
         raise TypeError(f"a {type(obj).__name__} is not encodable (pass a list)")
+    if isinstance(obj, int):  # msgpack hands us only the ints it cannot carry
+        raise OverflowError(f"integer {obj} is out of range (msgpack carries {MIN_INT} to {MAX_INT}; "
+                            "pass a larger number as a str or a Decimal)")
     raise TypeError(f"object of type {type(obj).__name__} is not encodable")
 
 
@@ -179,9 +197,65 @@ def encode(message: Message) -> bytes:
     """
     _check_envelope(message)
     try:
-        return pack(message.to_dict())
+        data = pack(message.to_dict())
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(_explain(message, exc)) from exc
+    # Nesting MAX_DEPTH deep takes a byte per level at least: only larger values can be too deep.
+    if len(data) > MAX_DEPTH:
+        _check_depth(message)
+    return data
+
+
+def _check_depth(message: Message) -> None:
+    """Refuse an argument nested deeper than :func:`decode` accepts (msgpack encodes deeper)."""
+    for where, value in _arguments(message):
+        depth = _depth(value)
+        if depth > MAX_ARG_DEPTH:
+            raise EncodeError(f"task {message.task!r}: {where} nests lists or maps {depth} deep; "
+                              f"at most {MAX_ARG_DEPTH} can be decoded")
+
+
+def _arguments(message: Message) -> Iterator[tuple[str, Any]]:
+    for i, value in enumerate(message.args):
+        yield f"positional argument {i}", value
+    for key, value in message.kwargs.items():
+        yield f"keyword argument {key!r}", value
+
+
+def _children(value: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, (list, tuple)):
+        return ((f"[{i}]", v) for i, v in enumerate(value))
+    if isinstance(value, dict):
+        children: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            children.append((f"[{key!r}]", item))
+            if isinstance(key, tuple):  # a tuple map key is encoded as a list: it nests too
+                children.append((f" key {key!r}", key))
+        return children
+    return ()
+
+
+def _depth(value: Any) -> int:
+    """How deep lists, tuples and maps nest in ``value`` (0 for a scalar); iterative, so any depth works."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for _, child in _children(item))
+    return deepest
+
+
+def _find_int_out_of_range(value: Any, path: str) -> str | None:
+    """The path of the first integer in ``value`` that msgpack cannot carry, or None."""
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool) and not MIN_INT <= item <= MAX_INT:
+            return where
+        stack.extend(reversed([(child, where + step) for step, child in _children(item)]))
+    return None
 
 
 def _check_envelope(message: Message) -> None:
@@ -202,6 +276,21 @@ def _check_envelope(message: Message) -> None:
 
 
 def _explain(message: Message, exc: BaseException) -> str:
+    if "recursion limit" in str(exc):  # msgpack's encoder gives up a little deeper than its decoder
+        for where, value in _arguments(message):
+            depth = _depth(value)
+            if depth > MAX_ARG_DEPTH:
+                return (f"task {message.task!r}: {where} nests lists or maps {depth} deep; "
+                        f"at most {MAX_ARG_DEPTH} can be decoded")
+    if isinstance(exc, OverflowError):
+        for i, value in enumerate(message.args):
+            path = _find_int_out_of_range(value, f"args[{i}]")
+            if path is not None:
+                return f"task {message.task!r}: positional argument {i} cannot be encoded: {path}: {exc}"
+        for key, value in message.kwargs.items():
+            path = _find_int_out_of_range(value, f"kwargs[{key!r}]")
+            if path is not None:
+                return f"task {message.task!r}: keyword argument {key!r} cannot be encoded: {path}: {exc}"
     culprit = "an argument"
     for i, value in enumerate(message.args):
         if not _encodable(value):
@@ -243,6 +332,8 @@ def decode(data: bytes | None) -> Message:
         body = unpack(data)
     except DecodeError:
         raise
+    except msgpack.StackError as exc:
+        raise DecodeError(f"value nests lists or maps deeper than {MAX_DEPTH} levels") from exc
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"value is not msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict):
@@ -273,7 +364,8 @@ def decode(data: bytes | None) -> Message:
 
 
 def headers_of(message: Message, extra: Mapping[str, str | bytes] | None = None) -> list[tuple[str, bytes]]:
-    """Kafka headers for a message: task name and id first, then the caller's."""
+    """Kafka headers for a message: task name and id first, then the caller's (reserved names refused)."""
+    headers_mod.check_caller_headers(extra)
     headers = [
         (HEADER_TASK, message.task.encode()),
         (HEADER_ID, message.id.encode()),
@@ -291,10 +383,5 @@ def headers_of(message: Message, extra: Mapping[str, str | bytes] | None = None)
     return headers
 
 
-def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> str | None:
-    """The last value of a header, decoded, or None."""
-    found = None
-    for key, value in headers or ():
-        if key == name and value is not None:
-            found = value.decode("utf-8", "replace")
-    return found
+#: The last value of a header, decoded, or None.
+header = headers_mod.value_of

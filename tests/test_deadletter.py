@@ -120,10 +120,10 @@ def test_earlier_dead_letter_headers_are_replaced_not_repeated() -> None:
     assert header(twice, "trace") == "abc"
 
 
-def test_origin_header_on_a_retry_record_wins() -> None:
+def test_the_origin_is_the_one_the_worker_decided_never_the_records_header() -> None:
     message, encoded, hdrs = _envelope()
-    hdrs.append((H_ORIGIN_TOPIC, b"orders"))
-    dl = _dead_letter(topic="orders.retry-1000ms", headers=hdrs, value=encoded)
+    hdrs.append((H_ORIGIN_TOPIC, b"somewhere-else"))  # on a task topic, anyone could have set it
+    dl = _dead_letter(topic="orders.retry-1000ms", headers=hdrs, value=encoded, origin_topic="orders")
     assert dl.effective_origin_topic == "orders"
     _, _, headers = dead_letter_record(dl)
     assert header(headers, H_ORIGINAL_TOPIC) == "orders.retry-1000ms"
@@ -255,7 +255,8 @@ def test_retry_topic_record_goes_to_its_task_topics_dead_letter_topic(
     create_topic(kafka_admin, retry_topic, partitions=3)
     _, encoded, hdrs = _envelope()
     hdrs.append((H_ORIGIN_TOPIC, origin.encode()))
-    dl = _dead_letter(topic=retry_topic, partition=2, value=encoded, headers=hdrs, origin_topic=retry_topic)
+    # The worker reads the origin from the header of a retry-topic record (trusted there) and passes it.
+    dl = _dead_letter(topic=retry_topic, partition=2, value=encoded, headers=hdrs, origin_topic=origin)
     meta = publish(app, dl).get(timeout=TIMEOUT_S)
     assert (meta.topic, meta.partition) == (f"{origin}.DLT", 2)
     [stored] = list(iter_dead_letters(app, [f"{origin}.DLT"], idle_timeout_s=TIMEOUT_S))
@@ -283,13 +284,15 @@ def test_read_tail_replay_and_purge(app: App, kafka_admin: Any, kafka_bootstrap:
     tail = list(iter_dead_letters(app, [dlt_topic], tail=1, idle_timeout_s=TIMEOUT_S))
     assert sorted(x.original_offset or 0 for x in tail) == [3, 4]  # the newest of each partition
 
-    # Replay: the original value and key back on the origin topic, marked.
+    # Replay: the original value and key back for the origin topic, through its first retry tier
+    # (the worker trusts the replay marks on its retry topics only), marked.
     target = next(x for x in letters if x.original_offset == 2)
     meta = replay(app, target, force=True).get(timeout=TIMEOUT_S)
-    assert meta.topic == origin
-    [record] = read_topic(kafka_bootstrap, origin, 1)
+    assert meta.topic == app.retry_topic(origin, min(app.settings.retry_tiers_ms))
+    [record] = read_topic(kafka_bootstrap, meta.topic, 1)
     assert record.value == sent[2].value and record.key == sent[2].key
     assert header(record.headers, H_REPLAY) == "1" and header(record.headers, H_FORCE) == "1"
+    assert header(record.headers, H_ORIGIN_TOPIC) == origin
     assert not [k for k, _ in record.headers if k.startswith(("kafka_dlt-", "ktasks-dlt-"))]
 
     counts = pending_counts(app, [dlt_topic])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -18,8 +19,8 @@ import pytest
 
 from ktasks import App
 from ktasks.errors import LedgerError
-from ktasks.ledger import APPLICATION_ID, SCHEMA_VERSION, TABLE, Kind, Ledger, Pruner
-from tests.helpers import wait_until
+from ktasks.ledger import APPLICATION_ID, SCHEMA_VERSION, TABLE, Kind, Ledger, Pruner, check_ledger
+from tests.helpers import corrupt_ledger, read_only, wait_until
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -78,8 +79,8 @@ def test_newer_schema_and_foreign_files_are_refused(tmp_path: Path) -> None:
         Ledger(foreign)
 
 
-def _v1_ledger(path: Path) -> None:
-    """A ledger file as ktasks with schema version 1 wrote it (entries keyed by the key alone)."""
+def _old_ledger(path: Path, version: int = 1) -> None:
+    """A ledger file as ktasks with schema ``version`` wrote it (1: entries keyed by the key alone)."""
     import sqlite_utils
 
     from ktasks.ledger import _MIGRATIONS
@@ -87,7 +88,8 @@ def _v1_ledger(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _raw(path)
     conn.execute("PRAGMA journal_mode = WAL")
-    _MIGRATIONS[1](sqlite_utils.Database(conn))
+    for v in range(1, version + 1):
+        _MIGRATIONS[v](sqlite_utils.Database(conn))
     cols = "key, task, state, attempt, starts, total_starts, host, pid, started_at, finished_at, result, updated_at"
     rows = [
         ("invoice-42", "billing.charge", "succeeded", 0, 0, 1, "h", 1, 1.0, 2.0, b"\x2a", 2.0),
@@ -96,14 +98,14 @@ def _v1_ledger(path: Path) -> None:
     ]
     conn.executemany(f"INSERT INTO {TABLE} ({cols}) VALUES ({', '.join('?' * 12)})", rows)
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
 
 
 def test_schema_1_ledger_is_migrated_keeping_every_entry(path: Path) -> None:
-    _v1_ledger(path)
+    _old_ledger(path, 1)
     with Ledger(path) as led:
-        assert led.stats()["schema_version"] == SCHEMA_VERSION == 2
+        assert led.stats()["schema_version"] == SCHEMA_VERSION == 3
         charged = led.get("invoice-42", task="billing.charge")
         assert charged is not None and charged.state == "succeeded" and charged.result_value() == 42
         crashy = led.get("crashy", task="billing.refund")
@@ -121,6 +123,39 @@ def test_schema_1_ledger_is_migrated_keeping_every_entry(path: Path) -> None:
             f"EXPLAIN QUERY PLAN SELECT rowid FROM {TABLE} WHERE finished_at < 1 LIMIT 5"))
         assert f"{TABLE}_finished_at" in plan
     Ledger(path).close()  # migrated once: reopening is a no-op
+
+
+def test_schema_2_ledger_is_migrated_its_starts_judged_by_pid_alone(path: Path) -> None:
+    _old_ledger(path, 2)
+    with _raw(path) as conn:  # a start recorded by a process that still runs (pid 1)
+        conn.execute(f"UPDATE {TABLE} SET pid = 1, host = ? WHERE key = 'crashy'", (socket.gethostname(),))
+    with Ledger(path) as led:
+        assert led.stats()["schema_version"] == SCHEMA_VERSION
+        entry = led.get("crashy", task="billing.refund")
+        assert entry is not None and entry.pid_start is None and entry.starts == 2
+        # Without a recorded start time, a live pid is taken for the process that started it.
+        assert led.begin("crashy", "billing.refund", 0, 3).kind == "running"
+        assert led.get("invoice-42", task="billing.charge") is not None
+
+
+def test_check_ledger_names_the_file_and_what_is_wrong(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite3"
+    garbage.write_bytes(b"not a ledger at all " * 100)
+    with pytest.raises(LedgerError, match=f"ledger {garbage} is corrupt or not a SQLite file"):
+        check_ledger(garbage)
+    damaged = tmp_path / "damaged.sqlite3"
+    corrupt_ledger(damaged)
+    with pytest.raises(LedgerError, match=f"ledger {damaged} is corrupt"):
+        check_ledger(damaged)
+    readonly = tmp_path / "readonly.sqlite3"
+    Ledger(readonly).close()
+    with read_only(readonly):
+        with pytest.raises(LedgerError, match=f"ledger {readonly} is read-only for this process"):
+            check_ledger(readonly)
+    check_ledger(readonly)  # writable again: fine
+    fresh = tmp_path / "new" / "ledger.sqlite3"
+    check_ledger(fresh)  # a missing file is created, as the worker would
+    assert Ledger(fresh).stats()["schema_version"] == SCHEMA_VERSION
 
 
 def test_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -527,6 +562,49 @@ def test_a_running_original_is_no_crash(path: Path, ledger: Ledger) -> None:
         assert ledger.begin("dup1", "t", 0, 1, wait_running_s=30).kind == "skip"
     finally:
         proc.join(30)
+
+
+def _hold_until(path: str, key: str, release: Any) -> None:
+    led = Ledger(path)
+    led.begin(key, "t", 0, 3)
+    release.wait(60)
+    led.succeeded(key, "first", 0.0, task="t")
+    led.close()
+
+
+def test_a_live_original_is_never_a_crash_however_long_it_runs(path: Path, ledger: Ledger) -> None:
+    release = SPAWN.Event()
+    proc = SPAWN.Process(target=_hold_until, args=(str(path), "long", release))
+    proc.start()
+    try:
+        wait_until(lambda: _state(path, "long") if path.exists() else None, 30, message="child never started")
+        # Past the wait: still running. Nothing recorded; not poison (max_starts=1), no second start.
+        for max_starts in (1, 3):
+            decision = ledger.begin("long", "t", 0, max_starts, wait_running_s=0.2)
+            assert decision.kind == "running" and decision.kind is Kind.RUNNING
+            assert decision.entry is not None and decision.entry.pid == proc.pid
+            assert _state(path, "long") == ("started", 1, 1)
+        assert ledger.begin("long", "t", 0, 3).kind == "running"  # no wait: answered at once
+        release.set()
+        decision = ledger.begin("long", "t", 0, 1, wait_running_s=30)
+        assert decision.kind == "skip" and decision.entry is not None and decision.entry.result_value() == "first"
+    finally:
+        release.set()
+        proc.join(30)
+
+
+def test_a_reused_pid_is_not_the_process_that_started(path: Path, ledger: Ledger) -> None:
+    # A start recorded by pid 1 (always alive)...
+    assert ledger.begin("reused", "t", 0, 3, pid=1).kind == "run"
+    entry = ledger.get("reused", task="t")
+    if entry is None or entry.pid_start is None:
+        pytest.skip("process start times are unknown on this platform")
+    assert ledger.begin("reused", "t", 0, 3, pid=os.getpid()).kind == "running"
+    # ...but by a process that started at another time: that one is gone, pid 1 was reused.
+    with _raw(path) as conn:
+        conn.execute(f"UPDATE {TABLE} SET pid_start = pid_start + 1 WHERE key = 'reused'")
+    decision = ledger.begin("reused", "t", 0, 3, pid=os.getpid())
+    assert decision.kind == "run" and decision.starts == 2  # the dead start counts as a crash
 
 
 def test_a_dead_original_is_not_waited_for(path: Path, ledger: Ledger) -> None:

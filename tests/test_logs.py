@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from ktasks.logs import JsonFormatter, TaskFieldsFilter, TextFormatter, task_context, task_extra
+from ktasks.logs import (
+    JsonFormatter,
+    RepeatFilter,
+    TaskFieldsFilter,
+    TextFormatter,
+    configure_logging,
+    task_context,
+    task_extra,
+)
 from tests.fixtures.worker import wait_effects
 
 SOURCE = """
@@ -117,3 +125,51 @@ def test_text_formatter_and_task_context(capture: Any) -> None:
     inside, outside = stream.getvalue().splitlines()
     assert "[child-0:" in inside and inside.endswith("ktasks.tests.logs: inside [orders/1@5]")
     assert outside.endswith("ktasks.tests.logs: outside")
+
+
+def test_kafka_pythons_repeated_lines_are_rate_limited_with_a_count(capture: Any) -> None:
+    _, stream, handler = capture
+    now = [1000.0]
+    handler.addFilter(RepeatFilter(window_s=30.0, clock=lambda: now[0]))
+    handler.setFormatter(TextFormatter("worker"))
+    coordinator = logging.getLogger("kafka.coordinator")
+    net = logging.getLogger("kafka.net.manager")
+    ours = logging.getLogger("ktasks.tests.logs.repeats")
+    for logger in (coordinator, net, ours):
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        for i in range(2000):
+            coordinator.error("Marking the coordinator dead (node %s) for group %s: %s", "coordinator-0", "g",
+                              f"error {i}")
+            net.error("Connection failed: %s", "KafkaConnectionError: 111 ECONNREFUSED")
+            ours.warning("a ktasks line is never held back")
+            now[0] += 0.01                                   # 2,000 of each in 20 s
+        lines = stream.getvalue().splitlines()
+        assert sum("Marking the coordinator dead" in line for line in lines) == 1
+        assert sum("Connection failed" in line for line in lines) == 1
+        assert sum("never held back" in line for line in lines) == 2000
+        now[0] += 30.0                                       # past the window: the next one, with the count
+        coordinator.error("Marking the coordinator dead (node %s) for group %s: %s", "coordinator-0", "g", "x")
+        last = stream.getvalue().splitlines()[-1]
+        assert "Marking the coordinator dead" in last and last.endswith("(1999 similar lines suppressed)")
+        coordinator.warning("Marking the coordinator dead (node %s) for group %s: %s", "c", "g", "x")
+        assert "WARNING" in stream.getvalue().splitlines()[-1]  # another level is another kind of line
+    finally:
+        for logger in (coordinator, net, ours):
+            logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def test_the_handler_configure_logging_installs_rate_limits_kafka_python(capsys: Any) -> None:
+    configure_logging("INFO", "json", process_name="worker")
+    try:
+        for _ in range(500):
+            logging.getLogger("kafka.net.connection").error("Connection lost: %s", "refused")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        assert [line["message"] for line in lines] == ["Connection lost: refused"]
+    finally:
+        root = logging.getLogger()
+        for h in list(root.handlers):
+            if getattr(h, "_ktasks", False):
+                root.removeHandler(h)

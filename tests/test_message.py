@@ -16,6 +16,10 @@ from ktasks.message import (
     FORMAT_VERSION,
     HEADER_ID,
     HEADER_TASK,
+    MAX_ARG_DEPTH,
+    MAX_DEPTH,
+    MAX_INT,
+    MIN_INT,
     Message,
     decode,
     encode,
@@ -115,6 +119,60 @@ def test_every_supported_type_round_trips_through_the_broker(app, read_records):
         _assert_same(message.kwargs[name], want, f"kwargs:{name}")
     headers = dict(record.headers)
     assert headers[HEADER_TASK] == b"types.echo" and headers[HEADER_ID] == handle.id.encode()
+
+
+def _nested(depth: int) -> list[Any]:
+    """A list nesting lists ``depth`` deep: ``[[[...]]]``."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_delay_refuses_what_the_worker_could_not_decode_and_sends_nothing(app, read_records,
+                                                                          topic_end_offsets):
+    @app.task(name="odd.values")
+    def odd(*args: Any, **kwargs: Any) -> None:
+        """Never runs here."""
+
+    handle = odd.apply_async(args=[_nested(MAX_ARG_DEPTH), MAX_INT], kwargs={"low": MIN_INT})
+    handle.wait_sent()
+    [record] = read_records(handle.topic, min_count=1)
+    message = decode(record.value)  # what the worker does with it: the deepest value decodes
+    assert message.args[1] == MAX_INT and message.kwargs == {"low": MIN_INT}
+    with pytest.raises(EncodeError, match=f"positional argument 0 nests lists or maps {MAX_ARG_DEPTH + 1} deep; "
+                                          f"at most {MAX_ARG_DEPTH} can be decoded"):
+        odd.delay(_nested(MAX_ARG_DEPTH + 1))
+    with pytest.raises(EncodeError, match=r"positional argument 1 cannot be encoded: args\[1\]\['n'\]\[0\]: "
+                                          r"integer 18446744073709551616 is out of range"):
+        odd.delay(1, {"n": [2 ** 64]})
+    assert sum(topic_end_offsets(handle.topic).values()) == 1, "nothing else was sent"
+
+
+def test_encode_limits_are_the_decode_limits() -> None:
+    assert MAX_ARG_DEPTH == MAX_DEPTH - 2
+    deepest = Message("t", args=[_nested(MAX_ARG_DEPTH)], kwargs={"k": _nested(MAX_ARG_DEPTH)})
+    # (compared as msgpack: == on lists 1,022 deep passes Python's recursion limit)
+    assert pack(decode(encode(deepest)).kwargs["k"]) == pack(_nested(MAX_ARG_DEPTH))
+    for message, where in [
+        (Message("t", args=[1, _nested(MAX_ARG_DEPTH + 1)]), "positional argument 1"),
+        (Message("t", kwargs={"deep": {"x": _nested(MAX_ARG_DEPTH)}}), "keyword argument 'deep'"),
+        (Message("t", args=[_nested(5000)]), "positional argument 0"),  # past the encoder's own limit too
+    ]:
+        with pytest.raises(EncodeError, match=f"task 't': {where} nests lists or maps"):
+            encode(message)
+    # msgpack itself encodes one level more than it decodes: the envelope at MAX_DEPTH + 1 fails to decode.
+    too_deep = msgpack.packb({"v": 1, "args": [_nested(MAX_ARG_DEPTH + 1)]})
+    with pytest.raises(DecodeError, match=f"deeper than {MAX_DEPTH} levels"):
+        decode(too_deep)
+    assert decode(encode(Message("t", args=[MIN_INT, MAX_INT]))).args == [MIN_INT, MAX_INT]
+    for value, path in [(MAX_INT + 1, "args[0]"), (MIN_INT - 1, "args[0]"), ([0, (1, -(2 ** 100))], "args[0][1][1]")]:
+        with pytest.raises(EncodeError) as err:
+            encode(Message("t", args=[value]))
+        assert f"positional argument 0 cannot be encoded: {path}: integer" in str(err.value)
+        assert "is out of range" in str(err.value) and "not encodable" not in str(err.value)
+    with pytest.raises(EncodeError, match=r"keyword argument 'amount' cannot be encoded: kwargs\['amount'\]: "):
+        encode(Message("t", kwargs={"amount": 10 ** 30}))
 
 
 @pytest.mark.parametrize("name", sorted(VALUES))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 
 import click
 
+from ..errors import LedgerError
 from ..logs import configure_logging
 from ._app import app_option, load_app
+
+logger = logging.getLogger(__name__)
 
 
 def _resolved_spec(spec: str, app: object) -> str:
@@ -91,7 +95,7 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         sys.exit(Reloader(reload_argv(sys.argv[1:]), _source_root(app_spec)).run())
 
     from ..supervisor import die_with_supervisor, run_worker
-    from ..worker import Worker
+    from ..worker import EXIT_ERROR, Worker
 
     die_with_supervisor()
     app = load_app(app_spec)
@@ -123,7 +127,13 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
                group_id=group_id, loglevel=child_loglevel, log_format=log_format, burst=burst,
                overrides=overrides)
     _add_monitoring(app, w.settings)
-    sys.exit(run_worker(w))
+    try:
+        code = run_worker(w)
+    except LedgerError as exc:
+        # Found before any child started: one line naming the file and what is wrong.
+        logger.error("cannot start: %s", exc)
+        code = EXIT_ERROR
+    sys.exit(code)
 
 
 def _add_monitoring(app: Any, settings: Any) -> None:

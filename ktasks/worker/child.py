@@ -129,10 +129,16 @@ class Child:
         bind_task(log_extra)  # lines the task's own code logs carry its fields too
         key = msg.ledger_key
         if self.ledger is not None:
-            # The same key may be running in a sibling (enqueued twice): wait for it, then skip.
-            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
-                                         pid=self.pid, force=force, replay=replay,
-                                         wait_running_s=min(60.0, task.options.time_limit_s or 60.0))
+            # The same key may be running in another live process (a sibling, or the previous
+            # owner of a revoked partition): wait for it however long it runs, then decide.
+            while True:
+                decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
+                                             pid=self.pid, force=force, replay=replay, wait_running_s=60.0)
+                if decision.kind != "running":
+                    break
+                logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
+                               "instead of running a second copy", msg.task, msg.id, key,
+                               decision.entry.pid if decision.entry else "?", extra=log_extra)
             if decision.kind == "skip":
                 logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
                             msg.task, msg.id, key, extra=log_extra)

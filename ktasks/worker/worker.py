@@ -25,12 +25,14 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
-from ..deadletter import H_FORCE, H_ORIGIN_TOPIC, H_REPLAY, DeadLetter
+from ..deadletter import DeadLetter
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..headers import retry_headers, trusted_marks
 from ..logs import task_extra
-from ..message import Message, decode, encode, header
+from ..message import Message, decode, encode
 from ..middleware import TaskEvent
+from ..readiness import wait_for_cluster
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
@@ -53,8 +55,6 @@ QUICK_TASK_S = 0.005
 
 #: What :meth:`Worker._committed` returns when it gave up because the worker is stopping.
 _UNKNOWN: Any = object()
-
-_HEADERS_NOT_CARRIED = {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, "ktasks-last-error"}
 
 #: A child's result status -> the outcome middleware sees (ktasks.middleware.OUTCOMES).
 _OUTCOME = {OK: "succeeded", SKIP: "skipped", RETRY: "retried", DEAD: "failed", POISON: "dead_lettered"}
@@ -184,16 +184,22 @@ class Worker:
         all_topics = self.topics + list(self._retry_topics)
         logger.info("worker for app %s: group %s, %d children, topics %s", self.app.name, self.group_id,
                     self.concurrency, ", ".join(self.topics))
+        if not wait_for_cluster(self.settings, self.app.client_id, lambda: self._stop):
+            return EXIT_OK  # stopped while waiting: nothing was consumed
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
+        ledger_path = None
+        if self.settings.ledger_enabled:
+            from ..ledger import Ledger, Pruner, check_ledger
+
+            # The worker's own settings (CLI flags) decide where. Checked here, once: a corrupt
+            # or read-only file would otherwise fail every child, replaced again and again.
+            ledger_path = self.settings.ledger_path or Ledger.default_path(self.group_id)
+            check_ledger(ledger_path)
         self.pool.start()
         self.stats = Stats()
         pruner = None
-        if self.settings.ledger_enabled:
-            from ..ledger import Ledger, Pruner
-
-            # Old entries go in the background; the worker's own settings (CLI flags) decide where.
-            path = self.settings.ledger_path or Ledger.default_path(self.group_id)
-            pruner = Pruner(path, self.settings.ledger_retention_s)
+        if ledger_path is not None:
+            pruner = Pruner(ledger_path, self.settings.ledger_retention_s)  # old entries go in the background
             pruner.start()
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
         self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
@@ -300,14 +306,14 @@ class Worker:
                 break
             ps.tracker.add(record.offset)
             self._seq += 1
-            job = Job(self._seq, ps, record, None, None, header(record.headers, H_ORIGIN_TOPIC) or origin,
-                      force=header(record.headers, H_FORCE) == "1")
+            marks = trusted_marks(record.headers, on_ktasks_topic=tp.topic in self._retry_topics)
+            job = Job(self._seq, ps, record, None, None, marks.origin_topic or origin, force=marks.force)
             try:
                 job.message = decode(record.value)
             except DecodeError as exc:
                 self._dead_letter(job, "undecodable", "ktasks.errors.DecodeError", str(exc))
                 continue
-            job.replay = header(record.headers, H_REPLAY) == "1"
+            job.replay = marks.replay
             if job.replay and job.message.attempt:
                 # A replay from the dead-letter topic gets a fresh retry budget.
                 job.message = replace(job.message, attempt=0)
@@ -555,9 +561,7 @@ class Worker:
         assert job.message is not None
         message = replace(job.message, attempt=job.message.attempt + 1, due=time.time() + delay_s)
         topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(delay_s))
-        headers = [(k, v) for k, v in job.record.headers or [] if k not in _HEADERS_NOT_CARRIED]
-        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
-        headers.append(("ktasks-last-error", f"{exc_type}: {exc_message}"[:1000].encode()))
+        headers = retry_headers(job.record.headers, job.origin_topic, f"{exc_type}: {exc_message}")
         value = encode(message)
 
         def send() -> Any:

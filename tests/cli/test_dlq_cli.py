@@ -41,6 +41,11 @@ class Env:
     bootstrap: str
     app: App
 
+    @property
+    def replays(self) -> str:
+        """Where replays of the task topic go: its first retry tier (see ktasks.headers)."""
+        return self.app.retry_topic(self.topic, min(self.app.settings.retry_tiers_ms))
+
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, kafka_bootstrap: str, kafka_admin: Any, unique: UniqueNames,
@@ -145,7 +150,7 @@ def test_show_prints_every_header_the_envelope_and_the_full_stack_trace(env: Env
     assert missing.exit_code == 1 and "no dead letter with id 'no-such-id'" in missing.output
 
 
-def test_replay_puts_the_original_back_on_its_topic(env: Env) -> None:
+def test_replay_puts_the_original_back_for_its_topic(env: Env) -> None:
     message = dead_letter(env)
     other = dead_letter(env)
     result = run("replay", "--id", message.id, "-A", SPEC)
@@ -153,7 +158,7 @@ def test_replay_puts_the_original_back_on_its_topic(env: Env) -> None:
     assert f"replayed {message.id} (dlq_test.add)" in result.output
     assert "replayed 1 dead letter(s)" in result.output and "ktasks dlq purge" in result.output
 
-    [record] = read_topic(env.bootstrap, env.topic, 1)
+    [record] = read_topic(env.bootstrap, env.replays, 1)
     assert record.value == encode(message) and record.key == b"key-" + message.id.encode()
     assert header(record.headers, H_REPLAY) == "1" and header(record.headers, H_FORCE) is None
     assert header(record.headers, "ktasks-id") == message.id
@@ -163,7 +168,7 @@ def test_replay_puts_the_original_back_on_its_topic(env: Env) -> None:
     # --force marks it so the worker runs it even if the ledger recorded a success.
     result = run("replay", "--id", message.id, "--force", "-A", SPEC)
     assert result.exit_code == 0, result.output
-    records = read_topic(env.bootstrap, env.topic, 2)
+    records = read_topic(env.bootstrap, env.replays, 2)
     forced = [r for r in records if header(r.headers, H_FORCE) == "1"]
     assert len(forced) == 1 and forced[0].value == encode(message)
     assert header(forced[0].headers, H_REPLAY) == "1"
@@ -179,13 +184,13 @@ def test_replay_skips_undecodable_values_unless_forced(env: Env) -> None:
     assert result.exit_code == 0, result.output
     assert f"skipped {env.dlt}[0]@0: value does not decode" in result.output
     assert "replayed 1 dead letter(s), skipped 1" in result.output
-    [record] = read_topic(env.bootstrap, env.topic, 1)
+    [record] = read_topic(env.bootstrap, env.replays, 1)
     assert record.value == encode(good)
 
     result = run("replay", "--all", "--force", "-A", SPEC)
     assert result.exit_code == 0, result.output
     assert "replayed 2 dead letter(s)" in result.output
-    values = [r.value for r in read_topic(env.bootstrap, env.topic, 3)]
+    values = [r.value for r in read_topic(env.bootstrap, env.replays, 3)]
     assert values.count(b"\xc1 not msgpack") == 1
 
 
@@ -196,7 +201,7 @@ def test_replay_of_a_repeated_id_sends_only_its_newest_dead_letter(env: Env) -> 
     result = run("replay", "--id", task_id, "-A", SPEC)
     assert result.exit_code == 0, result.output
     assert "1 older dead letter(s)" in result.output and "replayed 1 dead letter(s)" in result.output
-    [record] = read_topic(env.bootstrap, env.topic, 1)
+    [record] = read_topic(env.bootstrap, env.replays, 1)
     assert record.value == encode(newest)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ktasks.progress import format_eta, format_line
 from tests.fixtures.worker import wait_effects
+from tests.helpers import corrupt_ledger, read_only
 
 SOURCE = """
 import time
@@ -117,3 +118,31 @@ def test_progress_line_format() -> None:
     assert "-- tasks/s" in format_line(0, 0, 0, None, None, 0.0)
     assert "? left · ETA --:--" in format_line(0, 0, 0, None, None, 0.0)
     assert "ETA --:--" in format_line(5, 0, 0, 0.0, 10, 1.0)
+
+
+def _fails_to_start(p: Any, what: str) -> str:
+    w = p.worker("-c", "2")
+    assert w.wait(60) == 1, w.log()[-4000:]
+    log = w.log()
+    assert f"cannot start: ledger {p.ledger_path} {what}" in log, log[-4000:]
+    # Stopped in the parent, before any child: no child failed, none was replaced.
+    assert "crashed" not in log and "importable" not in log and "Traceback" not in log, log[-4000:]
+    assert "ready:" not in log, log[-4000:]
+    return log
+
+
+def test_worker_with_a_corrupt_ledger_exits_with_an_error_naming_the_file(project: Any) -> None:
+    p = project(SOURCE, partitions=1)
+    corrupt_ledger(p.ledger_path)
+    _fails_to_start(p, "is corrupt")
+    p.ledger_path.write_bytes(b"\0garbage" * 1000)
+    _fails_to_start(p, "is corrupt or not a SQLite file")
+
+
+def test_worker_with_a_read_only_ledger_exits_with_an_error_naming_the_file(project: Any) -> None:
+    p = project(SOURCE, partitions=1)
+    from ktasks.ledger import Ledger
+
+    Ledger(p.ledger_path).close()
+    with read_only(p.ledger_path):
+        _fails_to_start(p, "is read-only for this process")

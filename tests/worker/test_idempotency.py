@@ -165,3 +165,30 @@ def test_one_idempotency_key_given_to_two_tasks_runs_both(project: Any, kafka_ad
     assert [e["invoice"] for e in p.effects("receipt")] == ["invoice-42"], "the receipt was sent"
     assert w.log().count("already succeeded") == 1
     assert w.stop() == 0
+
+
+def test_a_live_start_is_never_a_crash_however_long_it_runs(project: Any, kafka_admin: Any) -> None:
+    # The duplicates wait past the ledger's 60 s wait: still no second copy, and the live
+    # start does not count toward max_starts (two more starts would make it poison).
+    p = project("""
+        import time
+
+        @app.task(max_starts=2)
+        def report(n):
+            effect("started", n=n)
+            time.sleep(64)
+            effect("done", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "3")
+    w.wait_assigned()
+    for _ in range(3):
+        p.app_module.report.apply_async(args=(1,), idempotency_key="report-1")
+    p.app.flush()
+    wait_until(lambda: p.committed(kafka_admin).get(0) == 3, 150, message="all 3 records committed")
+    assert len(p.effects("started")) == 1, "one copy ran"
+    assert len(p.effects("done")) == 1
+    log = w.log()
+    assert "is still running in pid" in log and "instead of running a second copy" in log
+    assert log.count("already succeeded") == 2
+    assert "poison" not in log
+    assert w.stop() == 0

@@ -1,0 +1,98 @@
+"""Waiting for the Kafka cluster at start-up, with one clear line at a bounded rate.
+
+A worker started while its brokers are down (a host reboot, a deploy that
+starts workers before Kafka) should wait for them, as a service does, rather
+than exit after the client's bootstrap timeout with a chained traceback.
+:func:`wait_for_cluster` probes the cluster until it answers, logging one
+WARNING when it starts waiting and then at most one every ``log_interval_s``.
+kafka-python's own connection errors during the probes are kept out of the
+log: the waiting line says the same once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["wait_for_cluster", "probe_cluster", "LOG_INTERVAL_S", "PROBE_TIMEOUT_S"]
+
+#: Longest time between two "waiting for Kafka" lines.
+LOG_INTERVAL_S = 30.0
+#: How long one probe waits for the cluster to answer.
+PROBE_TIMEOUT_S = 5.0
+#: Pause between probes: doubles from the first to the last, so a broker that comes back is seen soon.
+_PAUSE_S = (0.5, 5.0)
+
+
+def probe_cluster(settings: Settings, client_id: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Connect to the cluster and fetch its metadata once; raises the client's error if it does not answer."""
+    cfg = settings.kafka_common()
+    cfg.update(client_id=f"{client_id}-probe", bootstrap_timeout_ms=int(timeout_s * 1000),
+               request_timeout_ms=max(int(timeout_s * 1000), 1000))
+    with _kafka_python_quiet():
+        admin = KafkaAdminClient(**cfg)
+        try:
+            admin.describe_cluster()
+        finally:
+            admin.close()
+
+
+def wait_for_cluster(settings: Settings, client_id: str, stop: Callable[[], bool] = lambda: False, *,
+                     log_interval_s: float = LOG_INTERVAL_S, probe_timeout_s: float = PROBE_TIMEOUT_S,
+                     probe: Callable[[], None] | None = None) -> bool:
+    """Return once the cluster answers (True), or when ``stop()`` turns true first (False).
+
+    Logs nothing when the cluster answers at once; otherwise one WARNING
+    naming the servers and the error, then at most one every
+    ``log_interval_s``, and one INFO line when the cluster answers.
+    ``probe`` replaces :func:`probe_cluster` (tests).
+    """
+    check = probe or (lambda: probe_cluster(settings, client_id, probe_timeout_s))
+    started = time.monotonic()
+    next_line = started
+    pause = _PAUSE_S[0]
+    waited = False
+    while not stop():
+        try:
+            check()
+        except (KafkaError, OSError) as exc:
+            now = time.monotonic()
+            if now >= next_line:
+                reason = str(exc)
+                if not reason.startswith(type(exc).__name__):
+                    reason = f"{type(exc).__name__}: {reason}"
+                logger.warning("waiting for Kafka at %s: unreachable for %.0f s (%s); the worker starts "
+                               "when it answers", settings.bootstrap_servers, now - started, reason)
+                next_line = now + log_interval_s
+            waited = True
+            deadline = time.monotonic() + pause
+            while not stop() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pause = min(pause * 2, _PAUSE_S[1])
+            continue
+        if waited:
+            logger.info("Kafka at %s answers after %.0f s of waiting", settings.bootstrap_servers,
+                        time.monotonic() - started)
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _kafka_python_quiet() -> Iterator[None]:
+    """kafka-python logs every refused connection at ERROR; while probing, the waiting line says it once."""
+    kafka_logger = logging.getLogger("kafka")
+    level = kafka_logger.level
+    kafka_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        kafka_logger.setLevel(level)

@@ -1,0 +1,90 @@
+"""Reserved headers: refused from callers at enqueue, honoured by the worker only on ktasks' own topics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ktasks import App, EncodeError
+from ktasks.headers import (
+    FORCE,
+    LAST_ERROR,
+    ORIGIN_TOPIC,
+    REPLAY,
+    Marks,
+    check_caller_headers,
+    is_reserved,
+    retry_headers,
+    trusted_marks,
+)
+from ktasks.message import Message, encode, header, headers_of
+from tests.fixtures.app import read_topic
+from tests.helpers import wait_until
+
+CONTROL = [(FORCE, b"1"), (REPLAY, b"1"), (ORIGIN_TOPIC, b"elsewhere")]
+
+
+def test_reserved_names_are_refused_at_enqueue_before_anything_is_sent() -> None:
+    assert is_reserved("ktasks-force") and is_reserved("kafka_dlt-original-topic")
+    assert not is_reserved("trace-id") and not is_reserved("x-ktasks-force")
+    check_caller_headers({"trace-id": "abc"})
+    app = App("reserved", bootstrap_servers="127.0.0.1:1")  # never reached: refused before the producer
+
+    @app.task(name="reserved.pay")
+    def pay(order: str) -> None:
+        """Never runs here."""
+
+    for name in ("ktasks-force", "ktasks-origin-topic", "kafka_dlt-exception-message"):
+        with pytest.raises(EncodeError, match=f"header '{name}' is reserved for ktasks"):
+            pay.apply_async(args=("o-1",), headers={name: "1", "trace-id": "abc"})
+    with pytest.raises(EncodeError, match="reserved"):
+        headers_of(Message("t"), {"ktasks-replay": b"1"})
+
+
+def test_control_headers_count_only_on_ktasks_topics() -> None:
+    assert trusted_marks(CONTROL, on_ktasks_topic=False) == Marks()
+    assert trusted_marks(CONTROL, on_ktasks_topic=True) == Marks("elsewhere", replay=True, force=True)
+    assert trusted_marks([], on_ktasks_topic=True) == Marks()
+
+
+def test_a_retry_copy_carries_the_callers_headers_and_writes_its_own_control_ones() -> None:
+    original = [("trace-id", b"abc"), *CONTROL, (LAST_ERROR, b"old")]
+    copy = retry_headers(original, "orders", "ValueError: " + "x" * 2000)
+    assert [k for k, _ in copy] == ["trace-id", ORIGIN_TOPIC, LAST_ERROR]
+    assert header(copy, ORIGIN_TOPIC) == "orders" and len(header(copy, LAST_ERROR) or "") == 1000
+
+
+def test_forged_control_headers_on_a_task_topic_are_ignored_by_the_worker(project: Any, kafka_admin: Any) -> None:
+    p = project("""
+        @app.task
+        def pay(order):
+            effect("paid", order=order)
+
+        @app.task(max_retries=0)
+        def refund(order):
+            raise ValueError("refunds are closed")
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    pay, refund = p.app_module.pay, p.app_module.refund
+    pay.apply_async(args=("o-1",), idempotency_key="pay-o-1")
+    p.app.flush()
+    wait_until(lambda: p.committed(kafka_admin).get(0) == 1, 60, message="the payment committed")
+    # A producer that does not go through delay() (so nothing refused the headers) sends the same
+    # payment again, "forced", and a refund whose retries and dead letter it tries to route elsewhere.
+    elsewhere = p.topic + "-elsewhere"
+    forged = [(FORCE, b"1"), (REPLAY, b"1"), (ORIGIN_TOPIC, elsewhere.encode())]
+    again = Message(pay.name, args=["o-1"], idempotency_key="pay-o-1")
+    p.app.send_raw(p.topic, encode(again), headers=headers_of(again) + forged)
+    bad = Message(refund.name, args=["o-2"])
+    p.app.send_raw(p.topic, encode(bad), headers=headers_of(bad) + forged)
+    p.app.flush()
+    wait_until(lambda: p.committed(kafka_admin).get(0) == 3, 60, message="all 3 records committed")
+    assert [e["order"] for e in p.effects("paid")] == ["o-1"], "ktasks-force on a task topic bypassed the ledger"
+    assert "already succeeded" in w.log()
+    [letter] = read_topic(p.bootstrap, p.topic + ".DLT", 1)
+    assert header(letter.headers, ORIGIN_TOPIC) == p.topic
+    topics = set(kafka_admin.list_topics())
+    assert elsewhere not in topics and elsewhere + ".DLT" not in topics
+    assert w.stop() == 0
