@@ -109,7 +109,7 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
             app.middleware.after("after_task", ctx, None, exc)
             cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
             if ledger is not None:
-                ledger.failed(key, cause)
+                ledger.failed(key, cause, task=task.name)
                 ledger.flush()
             result.attempts += 1
             result.exception = cause
@@ -126,7 +126,7 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
             return result
         app.middleware.after("after_task", ctx, value, None)
         if ledger is not None:
-            ledger.succeeded(key, value, time.perf_counter() - t0)
+            ledger.succeeded(key, value, time.perf_counter() - t0, task=task.name)
             ledger.flush()
         result.attempts += 1
         result.result = value
