@@ -15,8 +15,16 @@ and run ``ktasks worker -A billing:app -c 4``.
 from __future__ import annotations
 
 import logging
+import warnings
 
-from .app import App
+# kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API when it is
+# imported: about 200 DeprecationWarnings that are not the user's to fix. Silence exactly those,
+# only for this import (every kafka module ktasks uses is loaded by it), not globally.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"(read_text|open_text) is deprecated", category=DeprecationWarning)
+    import kafka  # noqa: F401
+
+from .app import App  # noqa: E402
 from .errors import (
     BrokerUnavailable,
     CommitError,

@@ -20,7 +20,7 @@ from .message import Message, decode, encode, headers_of, new_id
 from .middleware import Middleware, MiddlewareStack
 from .producer import ProducerHolder, translate_send_error
 from .settings import Settings
-from .task import EagerResult, SendHandle, Task, TaskContext, TaskOptions
+from .task import EagerResult, SendHandle, Task, TaskOptions
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class App:
         self._ensured: set[str] = set()
         self._ensure_lock = threading.Lock()
         self._tracked: list[Any] | None = None
+        from .eager import EagerLedger
+
+        #: Eager mode's ledger (a private temporary file); ``eager_ledger.reset()`` forgets it.
+        self.eager_ledger = EagerLedger()
         _apps.add(self)
 
     @contextlib.contextmanager
@@ -225,16 +229,12 @@ class App:
         return future
 
     def _run_eager(self, message: Message, topic: str) -> EagerResult:
-        task = self.get_task(message.task)
-        ctx = TaskContext(task=task, message=message, topic=topic)
-        self.middleware.before("before_task", ctx)
-        try:
-            result = task.run(ctx)
-        except Exception as exc:
-            self.middleware.after("after_task", ctx, None, exc)
-            raise
-        self.middleware.after("after_task", ctx, result, None)
-        return EagerResult(message.id, result)
+        from .eager import run_eager
+
+        result = run_eager(self, message, topic)
+        if result.exception is not None and self.settings.eager_propagates:
+            raise result.exception
+        return result
 
     def ensure_topics(self, topics: Iterable[str], partitions: int | None = None) -> None:
         """Create topics this process has not checked yet (no-op when ``auto_create_topics`` is off)."""
@@ -254,9 +254,10 @@ class App:
         self.producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush and close this process's Kafka clients."""
+        """Flush and close this process's Kafka clients (and eager mode's ledger)."""
         self.producer.close(timeout_s)
         self.topics.close()
+        self.eager_ledger.reset()
 
     def __repr__(self) -> str:
         return f"<App {self.name} tasks={len(self.tasks)}>"

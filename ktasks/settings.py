@@ -136,7 +136,10 @@ _add("retry_suffix", str, ".retry", "Suffix of a topic's retry topics, followed 
 
 # -- enqueueing ------------------------------------------------------------------
 G = "Enqueueing"
-_add("eager", bool, False, "Run tasks inline at call time (for unit tests), with the same encoding checks.", G)
+_add("eager", bool, False, "Run tasks inline at call time (for unit tests), with the same encoding checks, "
+     "simulated retries and an eager ledger; see docs/testing.md.", G)
+_add("eager_propagates", bool, False, "In eager mode, `delay()` raises the exception of a task that ended "
+     "in the dead-letter topic (otherwise only `EagerResult.get()` does).", G)
 _add("send_timeout_ms", int, 10000, "Longest a `delay()` may block when the broker is unreachable, and "
      "the deadline for its acknowledgement.", G)
 _add("linger_ms", int, 5, "Producer batching delay: messages sent within this window share a request.", G)

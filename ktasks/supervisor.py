@@ -11,10 +11,13 @@ change arrives for the debounce period, the worker is stopped warmly
 (in-flight tasks finish, their offsets are committed, it leaves the group)
 and a new one starts with the new code. Nothing is lost: records the old
 worker had not finished are uncommitted, so the new one runs them. Opening or
-reading a file (an import, an editor) is not a change. A change that leaves
-a syntax error is reported and the running worker is kept until the next
-change; a new worker that fails to start is reported too, and the reloader
-waits for the next change instead of exiting.
+reading a file (an import, an editor) is not a change. Before the running
+worker is stopped, the changed code must compile and the app must import (in
+a fresh interpreter, as the new worker would import it): a syntax error or an
+exception at import is reported and the running worker is kept, with the
+previous code, until the next change. A new worker that fails to start for
+another reason is reported too, and the reloader waits for the next change
+instead of exiting.
 
 The worker child runs in its own session, so a Ctrl-C in the terminal reaches
 only the reloader, which passes it on once (warm) or, on a second Ctrl-C,
@@ -54,6 +57,17 @@ CHANGE_EVENTS = {"created", "modified", "moved", "deleted", "closed"}
 
 #: Environment variable naming the reloader's pid in the worker it runs.
 SUPERVISOR_ENV = "KTASKS_SUPERVISOR_PID"
+
+#: Imports the app as a new worker would (``-A`` spec, else KTASKS_APP or the project's config).
+_IMPORT_CHECK = """
+import sys
+from ktasks.cli._app import load_app, resolve_app_spec
+resolve_app_spec(None, required=False)
+load_app(sys.argv[1])
+"""
+
+#: Longest the import check may take before the change is reported as not importable.
+IMPORT_CHECK_TIMEOUT_S = 60.0
 
 
 def run_worker(worker: Worker) -> int:
@@ -124,9 +138,10 @@ class Reloader:
     """
 
     def __init__(self, argv: Sequence[str], root: Path, debounce_s: float = 0.5,
-                 stop_timeout_s: float = 120.0) -> None:
+                 stop_timeout_s: float = 120.0, app_spec: str | None = None) -> None:
         self.argv = list(argv)
         self.root = root
+        self.app_spec = app_spec
         self.debounce_s = debounce_s
         self.stop_timeout_s = stop_timeout_s
         self._changed = threading.Event()
@@ -174,6 +189,25 @@ class Reloader:
             except SyntaxError as exc:
                 errors.append(f"{path}:{exc.lineno}: {exc.msg}")
         return errors
+
+    def import_error(self) -> str | None:
+        """Why the app does not import now (the exception's last lines), or None if it does.
+
+        Run in a fresh interpreter, so this process never imports user code and
+        the check sees exactly what a new worker would.
+        """
+        if not self.app_spec:
+            return None
+        try:
+            out = subprocess.run([sys.executable, "-c", _IMPORT_CHECK, self.app_spec], capture_output=True,
+                                 text=True, timeout=IMPORT_CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return f"importing {self.app_spec} did not finish within {IMPORT_CHECK_TIMEOUT_S:.0f}s"
+        if out.returncode == 0:
+            return None
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        where = [line.strip() for line in lines if line.lstrip().startswith("File ")]
+        return (lines[-1] if lines else f"exit code {out.returncode}") + (f" ({where[-1]})" if where else "")
 
     # -- the child --------------------------------------------------------------------
     def _start(self) -> None:
@@ -247,10 +281,16 @@ class Reloader:
                 if not paths:
                     continue
                 errors = self.syntax_errors(list(paths))
+                failed = "syntax error" if errors else None
+                if not errors:
+                    error = self.import_error()
+                    errors, failed = ([error], "the app fails at import") if error else ([], None)
                 if errors:
+                    running = self._proc is not None and self._proc.poll() is None
                     for err in errors:
-                        logger.error("reload: syntax error, not restarting (the running worker keeps "
-                                     "the previous code): %s", err)
+                        logger.error("reload: %s, not restarting (%s): %s", failed,
+                                     "the running worker keeps the previous code" if running
+                                     else "no worker is running", err)
                     with self._lock:
                         self._changed_paths |= paths  # checked again with the next change
                     continue

@@ -147,22 +147,50 @@ class SendHandle:
 
 
 class EagerResult:
-    """Returned in eager mode: the task already ran, inline."""
+    """Returned in eager mode: the task already ran, inline, as a worker would have run it.
+
+    ``result`` is the return value (of the last attempt, or the ledger's
+    recorded one when ``skipped``); ``exception`` the last attempt's
+    exception if the task did not succeed; ``attempts`` how many times it
+    ran; ``retry_delays_s`` the delay a worker would have waited before each
+    retry; ``dead_letter_reason`` what a worker would have written in
+    ``ktasks-dlt-reason`` (``None`` if it succeeded); ``skipped`` whether the
+    ledger found the idempotency key already succeeded, so it did not run.
+    """
 
     def __init__(self, task_id: str, result: Any = None, exc: BaseException | None = None) -> None:
         self.id = task_id
         self.result = result
         self.exception = exc
+        self.attempts = 0
+        self.retry_delays_s: list[float] = []
+        self.dead_letter_reason: str | None = None
+        self.skipped = False
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_delays_s)
+
+    @property
+    def dead_lettered(self) -> bool:
+        return self.dead_letter_reason is not None
+
+    def successful(self) -> bool:
+        return self.exception is None and self.dead_letter_reason is None
 
     def wait_sent(self, timeout: float | None = None) -> None:
-        """Nothing is sent in eager mode; re-raises the task's exception if it failed."""
-        if self.exception is not None:
-            raise self.exception
+        """Nothing is sent in eager mode; like a send, this does not raise the task's exception."""
 
     def get(self) -> Any:
+        """The return value; raises the task's exception if it ended in the dead-letter topic."""
         if self.exception is not None:
             raise self.exception
         return self.result
+
+    def __repr__(self) -> str:
+        state = "skipped" if self.skipped else f"dead-lettered ({self.dead_letter_reason})" \
+            if self.dead_lettered else "succeeded"
+        return f"<EagerResult {self.id} {state} attempts={self.attempts}>"
 
 
 class Task(Generic[P, R]):
@@ -248,6 +276,16 @@ class Task(Generic[P, R]):
         if isinstance(exc, Retry):
             return True
         return isinstance(exc, self.options.retry_for)
+
+    def retry_delay_s(self, exc: BaseException, attempt: int) -> float:
+        """The delay before retrying after ``exc``: ``ctx.retry(countdown_s=...)``'s, else the backoff."""
+        countdown = exc.countdown_s if isinstance(exc, Retry) else None
+        return countdown if countdown is not None else self.backoff_s(attempt)
+
+    def dead_letter_reason(self, exc: BaseException) -> str:
+        """The dead-letter reason when ``exc`` earns no retry (``should_retry`` said no)."""
+        retriable = isinstance(exc, Retry) or isinstance(exc, self.options.retry_for)
+        return "retries-exhausted" if retriable else "not-retriable"
 
     def backoff_s(self, attempt: int, rng: random.Random | None = None) -> float:
         """Delay before retry number ``attempt + 1``: exponential, capped, with full jitter."""

@@ -201,7 +201,8 @@ def test_eager_mode_rejects_what_production_would(closed_port):
 
 
 def test_eager_mode_passes_arguments_through_the_codec_and_raises_task_errors(closed_port):
-    app = App("eager-codec", bootstrap_servers=f"127.0.0.1:{closed_port}", eager=True)
+    app = App("eager-codec", bootstrap_servers=f"127.0.0.1:{closed_port}", eager=True, eager_propagates=True,
+              max_retries=0)
     seen: list[Any] = []
 
     @app.task(bind=True)

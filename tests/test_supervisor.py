@@ -2,7 +2,8 @@
 
 The reloader watches the app's folder, restarts the worker warmly when a
 ``.py`` file changes (finished work committed, nothing lost), reports a syntax
-error instead of restarting, and ignores files that are only read.
+error or an exception at import instead of restarting, and ignores files that
+are only read.
 """
 
 from __future__ import annotations
@@ -98,24 +99,28 @@ def test_reload_runs_new_code_reports_syntax_errors_and_loses_nothing(project: A
     assert w.log().count("worker stopped after") == 3
 
 
-def test_a_worker_that_cannot_start_is_reported_and_the_next_change_starts_one(project: Any) -> None:
+def test_an_exception_at_import_keeps_the_running_worker_and_the_fix_restarts_it(project: Any) -> None:
     p = project(SOURCE)
     module_path: Path = p.dir / f"{p.module}.py"
     original = module_path.read_text()
     which = p.app_module.which
     w = p.worker("-c", "1", "--reload")
     w.wait_assigned()
-    # Compiles, but fails at import: the new worker exits, and the reloader waits.
+    # Compiles, but raises at import: reported, and the running worker goes on with the old code.
     module_path.write_text(original.replace("VERSION = 1", "VERSION = NO_SUCH_NAME"))
-    w.wait_for_log("waiting for a change")
-    assert "NameError: name 'NO_SUCH_NAME' is not defined" in w.log()
-    module_path.write_text(original.replace("VERSION = 1", "VERSION = 2"))
-    w.wait_for_log("; starting the worker")
-    wait_until(lambda: "partitions assigned: " in log_after(w, "; starting the worker"), 90,
-               message="the fixed worker never joined")
+    w.wait_for_log("the app fails at import")
+    assert "the running worker keeps the previous code): NameError: name 'NO_SUCH_NAME' is not defined" \
+        in w.log()
+    assert "restarting the worker" not in w.log() and "worker stopped after" not in w.log()
     which.delay(0)
     p.app.flush()
-    assert wait_effects(p, "ran", 1)[0]["version"] == 2
+    assert wait_effects(p, "ran", 1)[0]["version"] == 1
+    # The fix restarts it warmly with the new code.
+    module_path.write_text(original.replace("VERSION = 1", "VERSION = 2"))
+    wait_restarted(w, 1)
+    which.delay(1)
+    p.app.flush()
+    assert [e["version"] for e in wait_effects(p, "ran", 2) if e["n"] == 1] == [2]
     assert w.stop() == 0
 
 

@@ -72,8 +72,8 @@ def _source_root(app_spec: str) -> Path:
               help="With --burst: show a progress line (done, rate, lag left, ETA). "
                    "Default: on when stderr is a terminal.")
 @click.option("--reload", "reload_", is_flag=True,
-              help="Development: restart warmly when a .py file under the app's folder changes; a syntax "
-                   "error is reported and the running worker kept.")
+              help="Development: restart warmly when a .py file under the app's folder changes; code that "
+                   "does not compile or fails at import is reported and the running worker kept.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://<metrics_host>:PORT/metrics (setting metrics_port; "
                    "metrics_host defaults to 127.0.0.1).")
@@ -92,7 +92,7 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
     if reload_:
         from ..supervisor import Reloader, reload_argv
 
-        sys.exit(Reloader(reload_argv(sys.argv[1:]), _source_root(app_spec)).run())
+        sys.exit(Reloader(reload_argv(sys.argv[1:]), _source_root(app_spec), app_spec=app_spec).run())
 
     from ..supervisor import die_with_supervisor, run_worker
     from ..worker import EXIT_ERROR, Worker

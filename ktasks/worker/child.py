@@ -223,7 +223,7 @@ class Child:
         """Not run: past its ``expires`` (a replay from the dead-letter topic ignores it)."""
         text = f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(msg.expires))}, not run"
         if self.ledger is not None:
-            self.ledger.failed(key, TaskExpired(text), "")
+            self.ledger.failed(key, TaskExpired(text), "", task=msg.task)
         logger.warning("task %s[%s] %s; sending to the dead-letter topic", msg.task, msg.id, text,
                        extra=log_extra)
         return [seq, DEAD, 0.0, "expired", "ktasks.errors.TaskExpired", text, None]
@@ -236,14 +236,12 @@ class Child:
         if self.ledger is not None:
             self.ledger.failed(key, cause, tb, task=task.name)
         if task.should_retry(error, msg.attempt):
-            countdown = error.countdown_s if isinstance(error, Retry) else None
-            delay = countdown if countdown is not None else task.backoff_s(msg.attempt)
+            delay = task.retry_delay_s(error, msg.attempt)
             logger.warning("task %s[%s] failed in %.3fs (%s: %s); retry %d/%d in %.1fs", msg.task, msg.id,
                            duration, exc_type, cause, msg.attempt + 1, task.max_retries(), delay,
                            extra=log_extra)
             return [seq, RETRY, duration, delay, exc_type, str(cause), tb]
-        retriable = isinstance(error, Retry) or isinstance(error, task.options.retry_for)
-        reason = "retries-exhausted" if retriable else "not-retriable"
+        reason = task.dead_letter_reason(error)
         logger.error("task %s[%s] failed in %.3fs (%s: %s); %s, sending to the dead-letter topic",
                      msg.task, msg.id, duration, exc_type, cause, reason, extra=log_extra)
         return [seq, DEAD, duration, reason, exc_type, str(cause), tb]

@@ -1,0 +1,134 @@
+"""Eager mode: run a task inline at call time, the way a worker would.
+
+``App(..., eager=True)`` (or ``KTASKS_EAGER=1``) makes ``delay()`` and
+``apply_async()`` run the task in the caller instead of sending it. The
+message still goes through the codec and the size check. Then the run follows
+the worker's rules, so unit tests exercise what production runs:
+
+* **Retries** are simulated: a failure the task's policy retries runs the task
+  again at once (no sleeping), with ``ctx.attempt`` 1, 2, ... and the delay a
+  worker would have waited recorded in :attr:`EagerResult.retry_delays_s`.
+* **Dead letters**: when the policy gives up, :attr:`EagerResult.dead_letter_reason`
+  says what a worker would have written in ``ktasks-dlt-reason``
+  (``retries-exhausted``, ``not-retriable``, ``expired``).
+* **Exceptions** are kept on the result: ``delay()`` returns, and
+  :meth:`EagerResult.get` raises the last one. With ``eager_propagates=True``,
+  ``delay()`` raises it, like Celery's ``task_eager_propagates``.
+* **The ledger**: with ``ledger_enabled`` (the default), each app in eager
+  mode records executions in a real ledger in a private temporary file, so an
+  ``idempotency_key`` that already succeeded is skipped
+  (:attr:`EagerResult.skipped`) exactly as a worker would skip it.
+
+What eager mode does not do: time limits are not enforced, nothing goes
+through Kafka (ordering by key, partitions, offsets), and delays
+(``countdown``, retry backoff) are not waited for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from .errors import PoisonMessage, Retry, TaskExpired
+from .task import EagerResult, TaskContext
+
+if TYPE_CHECKING:
+    from .app import App
+    from .ledger import Ledger
+    from .message import Message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_eager", "EagerLedger"]
+
+
+class EagerLedger:
+    """A real :class:`~ktasks.ledger.Ledger` in a private temporary folder, opened on first use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ledger: Ledger | None = None
+        self._dir: str | None = None
+
+    def get(self) -> Ledger:
+        with self._lock:
+            if self._ledger is None or self._ledger._pid != os.getpid():
+                from .ledger import Ledger
+
+                self._dir = tempfile.mkdtemp(prefix="ktasks-eager-")
+                self._ledger = Ledger(os.path.join(self._dir, "eager.ledger.sqlite3"))
+            return self._ledger
+
+    def reset(self) -> None:
+        """Forget every recorded execution (a fresh ledger on next use)."""
+        with self._lock:
+            ledger, directory = self._ledger, self._dir
+            self._ledger = self._dir = None
+        if ledger is not None and ledger._pid == os.getpid():
+            ledger.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_eager(app: App, message: Message, topic: str) -> EagerResult:
+    """Run ``message`` inline with the worker's retry, dead-letter, expiry and ledger rules."""
+    task = app.get_task(message.task)
+    ledger = app.eager_ledger.get() if app.settings.ledger_enabled else None
+    key = message.ledger_key
+    result = EagerResult(message.id)
+    if message.expires is not None and time.time() > message.expires:
+        result.exception = TaskExpired("expired before it ran")
+        result.dead_letter_reason = "expired"
+        app.middleware.after("on_dead_letter", message, "expired")
+        return result
+    while True:
+        if ledger is not None:
+            decision = ledger.begin(key, task.name, message.attempt, task.max_starts())
+            if decision.kind == "skip":
+                result.skipped = True
+                entry = decision.entry
+                result.result = entry.result_value() if entry is not None else None
+                result.exception = None
+                return result
+            if decision.kind == "poison":
+                result.exception = PoisonMessage(f"started {task.max_starts()} times without finishing")
+                result.dead_letter_reason = "poison"
+                return result
+        ctx = TaskContext(task=task, message=message, topic=topic)
+        app.middleware.before("before_task", ctx)
+        t0 = time.perf_counter()
+        try:
+            value = task.run(ctx)
+        except Exception as exc:
+            app.middleware.after("after_task", ctx, None, exc)
+            cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+            if ledger is not None:
+                ledger.failed(key, cause, task=task.name)
+                ledger.flush()
+            result.attempts += 1
+            result.exception = cause
+            if task.should_retry(exc, message.attempt):
+                delay = task.retry_delay_s(exc, message.attempt)
+                result.retry_delays_s.append(delay)
+                message = replace(message, attempt=message.attempt + 1, due=time.time() + delay)
+                app.middleware.after("on_retry", message, delay, None)
+                logger.debug("eager: %s[%s] failed (%r); retry %d", message.task, message.id, cause,
+                             message.attempt)
+                continue
+            result.dead_letter_reason = task.dead_letter_reason(exc)
+            app.middleware.after("on_dead_letter", message, result.dead_letter_reason)
+            return result
+        app.middleware.after("after_task", ctx, value, None)
+        if ledger is not None:
+            ledger.succeeded(key, value, time.perf_counter() - t0, task=task.name)
+            ledger.flush()
+        result.attempts += 1
+        result.result = value
+        result.exception = None
+        return result
