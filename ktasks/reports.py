@@ -10,7 +10,8 @@ running. At shutdown it publishes a last report with ``state: "stopped"``.
 :func:`read_reports` (``ktasks inspect``) and :class:`ReportFeed` (the
 dashboard) read them back with a consumer that has no group, so reading
 never disturbs anyone. A worker whose last report is older than
-:data:`STALE_AFTER_INTERVALS` intervals is *stale*: killed, hung, or cut off.
+:data:`STALE_AFTER_INTERVALS` intervals (and :data:`STALE_MIN_S`) is *stale*:
+killed, hung, or cut off.
 Reports are data (JSON), never code.
 """
 
@@ -39,8 +40,9 @@ __all__ = ["Reporter", "WorkerReport", "ReportFeed", "read_reports", "quantile",
            "REPORT_FORMAT"]
 
 REPORT_FORMAT = 1
-#: A running worker not heard from for this many report intervals is shown as stale.
+#: A running worker not heard from for this many report intervals (and at least STALE_MIN_S) is stale.
 STALE_AFTER_INTERVALS = 3
+STALE_MIN_S = 10.0
 #: Run and queued times kept per interval for its quantiles (a sample beyond this).
 _SAMPLE_CAP = 2000
 
@@ -83,7 +85,7 @@ class WorkerReport:
         """``running``, ``stopped`` (said goodbye) or ``stale`` (not heard from for a while)."""
         if self.data.get("state") == "stopped":
             return "stopped"
-        if self.age_s(now) > STALE_AFTER_INTERVALS * self.interval_s:
+        if self.age_s(now) > max(STALE_MIN_S, STALE_AFTER_INTERVALS * self.interval_s):
             return "stale"
         return "running"
 

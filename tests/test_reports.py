@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ktasks.reports import STALE_AFTER_INTERVALS, WorkerReport, quantile, read_reports
+from ktasks.reports import STALE_AFTER_INTERVALS, STALE_MIN_S, WorkerReport, quantile, read_reports
 from tests.cli.test_inspect_cli import ktasks
 from tests.helpers import wait_until
 
@@ -20,10 +20,12 @@ def test_quantile_nearest_rank():
 def test_status_running_stale_stopped():
     now = time.time()
     fresh = WorkerReport({"member": "m", "sent_at": now - 1, "interval_s": 2.0})
-    late = WorkerReport({"member": "m", "sent_at": now - STALE_AFTER_INTERVALS * 2.0 - 1, "interval_s": 2.0})
+    late = WorkerReport({"member": "m", "sent_at": now - STALE_AFTER_INTERVALS * 5.0 - 1, "interval_s": 5.0})
+    quick = WorkerReport({"member": "m", "sent_at": now - STALE_MIN_S + 1, "interval_s": 0.5})
     gone = WorkerReport({"member": "m", "sent_at": now - 100, "interval_s": 2.0, "state": "stopped"})
     assert fresh.status(now) == "running"
     assert late.status(now) == "stale"
+    assert quick.status(now) == "running"    # a short interval does not make a busy worker stale at once
     assert gone.status(now) == "stopped"
 
 

@@ -50,7 +50,7 @@ def inspect(app_spec: str, group: str | None, topics: str | None, watch: bool, i
     ``<client_id>@<host>:<pid>``. Then the group's workers as their own
     reports say (host, pid, partitions, tasks done and per second, what the
     children run); a worker silent for three report intervals is marked
-    stale. Exits 1 if the cluster cannot be reached.
+    stale (after at least 10 s). Exits 1 if the cluster cannot be reached.
     """
     app = load_app(app_spec)
     wanted = [t.strip() for t in topics.split(",") if t.strip()] if topics else None

@@ -23,7 +23,7 @@ def _fmt(value: float) -> str:
 
 
 def line_chart(title: str, series: Sequence[Series], now: float, window_s: float, unit: str = "",
-               width: int = 460, height: int = 150) -> str:
+               width: int = 420, height: int = 150) -> str:
     """An SVG chart of ``series`` (label, ``[(unix time, value), ...]``) over the last ``window_s``.
 
     The y axis runs from 0 to the largest value shown; points outside the
@@ -51,12 +51,16 @@ def line_chart(title: str, series: Sequence[Series], now: float, window_s: float
                      'class="chart-axis">no data yet</text>')
     for i, (label, pts) in enumerate(shown):
         color = COLORS[i % len(COLORS)]
-        coords = " ".join(f"{left + plot_w * (t - start) / window_s:.1f},{top + plot_h * (1 - v / ymax):.1f}"
-                          for t, v in sorted(pts))
-        if coords:
+        xy = [(left + plot_w * (t - start) / window_s, top + plot_h * (1 - v / ymax)) for t, v in sorted(pts)]
+        if len(xy) > 1:
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{coords}">'
                          f'<title>{escape(label)}</title></polyline>')
+        elif xy:    # one point makes no line: show it as a dot
+            parts.append(f'<circle cx="{xy[0][0]:.1f}" cy="{xy[0][1]:.1f}" r="2.5" fill="{color}">'
+                         f'<title>{escape(label)}</title></circle>')
+        short = label if len(label) <= 28 else label[:12] + "…" + label[-15:]
         parts.append(f'<text x="{left + 6 + 110 * i}" y="{top + 12}" fill="{color}" class="chart-legend">'
-                     f'{escape(label)}</text>')
+                     f'{escape(short)}</text>')
     parts.append("</svg>")
     return "".join(parts)
