@@ -159,9 +159,7 @@ def create_app(ktasks_app: Any, *, allow_actions: bool = False, refresh_s: float
             for path in sorted({str(w.data.get("ledger_path")) for w in state.feed.latest.values()
                                 if w.data.get("ledger_path") and w.data.get("host") == host}):
                 searched.append(path)
-                entry = _ledger_entry(path, task_id)
-                if entry is not None:
-                    found.append({"path": path, "entry": entry})
+                found.extend({"path": path, "entry": entry} for entry in _ledger_entries(path, task_id))
         return page(request, "task.html", task_id=task_id, found=found, searched=searched)
 
     @asynccontextmanager
@@ -184,16 +182,15 @@ def create_app(ktasks_app: Any, *, allow_actions: bool = False, refresh_s: float
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def _ledger_entry(path: str, key: str) -> dict[str, Any] | None:
-    """The ledger entry of ``key`` in the ledger file at ``path``, if the file exists here."""
+def _ledger_entries(path: str, key: str) -> list[dict[str, Any]]:
+    """The ledger entries of ``key`` (one per task using it) in the ledger file at ``path``, if it is here."""
     if not os.path.exists(path):
-        return None
+        return []
     from ..ledger import Ledger
 
     try:
         with Ledger(path) as ledger:
-            entry = ledger.get(key)
+            return [entry.as_dict() for entry in ledger.find(key)]
     except KtasksError as exc:
         logger.warning("reading ledger %s: %s", path, exc)
-        return None
-    return None if entry is None else entry.as_dict()
+        return []

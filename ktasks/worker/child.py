@@ -187,7 +187,7 @@ class Child:
         """Not run: past its ``expires`` (a replay from the dead-letter topic ignores it)."""
         text = f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(msg.expires))}, not run"
         if self.ledger is not None:
-            self.ledger.failed(key, TaskExpired(text), "")
+            self.ledger.failed(key, TaskExpired(text), "", task=msg.task)
         logger.warning("task %s[%s] %s; sending to the dead-letter topic", msg.task, msg.id, text,
                        extra=log_extra)
         return [seq, DEAD, 0.0, "expired", "ktasks.errors.TaskExpired", text, None]

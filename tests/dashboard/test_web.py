@@ -107,7 +107,7 @@ def test_task_lookup_reads_the_ledger_of_a_worker_reporting_from_this_host(make_
     path = tmp_path / "w.ledger.sqlite3"
     with Ledger(path) as ledger:
         ledger.begin("t-1", "tasks.slow", 0, 3, host="h", pid=1)
-        ledger.succeeded("t-1", {"ok": True}, 0.5)
+        ledger.succeeded("t-1", {"ok": True}, 0.5, task="tasks.slow")
         ledger.flush()
     app = make_app(reports_topic=unique("reports"))
     _send_report(app, _report(app, 5151, ledger_path=str(path)))
