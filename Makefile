@@ -14,7 +14,11 @@ PYTEST_ARGS ?=
 # Reinstalled only when the package metadata changes.
 STAMP := $(VENV)/.ktasks-installed
 
-.PHONY: venv test quickstart dev-up dev-down dev-status clean
+# The dashboard's browser tests drive Debian's chromium through chromium-driver (never a
+# downloaded browser): installed here when missing, with sudo unless we are root.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv test quickstart dev-up dev-down dev-status clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +29,14 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		echo "installing chromium and chromium-driver (Debian packages) for the browser tests"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/ruff check ktasks tests
 	$(BIN)/mypy ktasks
 	$(BIN)/pytest $(PYTEST_ARGS)

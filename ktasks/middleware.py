@@ -29,9 +29,10 @@ __all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES"]
 #: What can become of a record the worker took, one per record (see :class:`TaskEvent`):
 #: ``succeeded``; ``skipped`` (the ledger had it done); ``retried`` (failed, republished to a retry
 #: topic); ``failed`` (raised, or its child died, with no retry left: dead-lettered);
-#: ``dead_lettered`` (never ran: undecodable, unregistered, or a poison message); ``revoked`` and
-#: ``expired`` (dropped unrun, for workers that revoke or expire tasks).
+#: ``dead_lettered`` (never ran: undecodable, unregistered, or a poison message); ``expired`` (reached
+#: a worker after its ``expires`` time: dead-lettered unrun); ``revoked`` (reserved: no revoke command yet).
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "revoked", "expired")
+_NEVER_RAN = ("dead_lettered", "revoked", "expired")    # no enqueue-to-start time for these
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ class TaskEvent:
 
     ``run_time_s`` is how long the task function ran (``None`` when no child
     ran it); ``queued_s`` is from enqueue (or from when it was due, for a retry
-    or a countdown) to its start, ``None`` when it never started. The start is
+    or a countdown) to its start, ``None`` when it never started (nor for
+    ``dead_lettered``, ``expired`` and ``revoked`` records). The start is
     the moment the child's result arrived less the run time, so it is late by
     at most the child's result batching (``RESULT_FLUSH_S``, 50 ms).
     """
@@ -60,7 +62,7 @@ class TaskEvent:
            run_time_s: float | None = None, started: bool = True, reason: str | None = None) -> TaskEvent:
         """The event of ``record`` (a Kafka record) whose decoded ``message`` (if any) ended in ``outcome``."""
         queued = None
-        if started and message is not None:
+        if started and message is not None and outcome not in _NEVER_RAN:
             since = message.due if message.due is not None else message.created
             # Producer and worker clocks may differ: never a negative wait.
             queued = max(0.0, time.time() - (run_time_s or 0.0) - since)

@@ -160,6 +160,7 @@ def test_worker_metrics_match_the_tasks_run_while_draining_a_backlog(project):
     for i in range(n_boom):
         p.app_module.boom.delay(i)
     p.app.send_task("not.registered", [1])   # the worker dead-letters it
+    p.app_module.ok.apply_async((-1,), expires=0.2)   # expired before any worker starts
     p.app.flush(10)
     w = p.worker("-c", "2", "--metrics-port", "0")
     w.wait_for_log("serving Prometheus metrics on http://127.0.0.1:")
@@ -184,6 +185,7 @@ def test_worker_metrics_match_the_tasks_run_while_draining_a_backlog(project):
         raise
     assert max(lags) > 0, "lag was never seen above 0 while draining"
     assert value(got, "ktasks_tasks_finished_total", task=boom, outcome="retried") == n_boom
+    assert value(got, "ktasks_tasks_finished_total", task=ok, outcome="expired") == 1, [k for k in got if "finished_total" in k[0]]
     assert value(got, "ktasks_tasks_finished_total", task="(unregistered)", outcome="dead_lettered") == 1
     assert value(got, "ktasks_task_run_time_seconds_count", task=ok) == n_ok
     assert value(got, "ktasks_task_run_time_seconds_count", task=boom) == 2 * n_boom
@@ -193,6 +195,7 @@ def test_worker_metrics_match_the_tasks_run_while_draining_a_backlog(project):
     assert value(got, "ktasks_task_run_time_seconds_bucket", task=ok, le="0.01") == 0
     assert value(got, "ktasks_dead_letters_total", reason="retries-exhausted") == n_boom
     assert value(got, "ktasks_dead_letters_total", reason="unregistered") == 1
+    assert value(got, "ktasks_dead_letters_total", reason="expired") == 1
     assert value(got, "ktasks_children") == 2
     assert (value(got, "ktasks_commits_total") or 0) > 0
     assert value(got, "ktasks_tasks_in_flight") == 0

@@ -14,6 +14,7 @@ import click
 
 from ..errors import BrokerUnavailable, KtasksError
 from ..inspect import DEFAULT_TIMEOUT_S, Inspector, cluster_status, inspect_app, render_report, render_status
+from ..reports import ReportFeed, WorkerReport, render_workers
 from ..settings import Settings
 from ._app import app_option, load_app, resolve_app_spec
 
@@ -46,24 +47,33 @@ def inspect(app_spec: str, group: str | None, topics: str | None, watch: bool, i
     end offset minus the committed one; for a partition with no commit yet,
     the end offset minus the earliest. The owner is the member the group's
     current assignment gives the partition to: a ktasks worker's client id is
-    ``<client_id>@<host>:<pid>``. Exits 1 if the cluster cannot be reached.
+    ``<client_id>@<host>:<pid>``. Then the group's workers as their own
+    reports say (host, pid, partitions, tasks done and per second, what the
+    children run); a worker silent for three report intervals is marked
+    stale (after at least 10 s). Exits 1 if the cluster cannot be reached.
     """
     app = load_app(app_spec)
     wanted = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
     shown = 0
     tty = sys.stdout.isatty()
+    feed = ReportFeed(app.settings, client_id=f"{app.client_id}-inspect-reports")
     try:
         with Inspector(app.settings, f"{app.client_id}-inspect", timeout_s) as ins:
             while True:
                 report = inspect_app(app, group, wanted, inspector=ins)
+                workers = _reported_workers(feed, report.group, timeout_s)
                 if as_json:
-                    click.echo(json.dumps(report.as_dict(), sort_keys=False))
+                    data = report.as_dict()
+                    data["workers"] = [dict(w.data, status=w.status()) for w in workers]
+                    click.echo(json.dumps(data, sort_keys=False))
                 else:
                     if watch and tty:
                         click.echo("\x1b[H\x1b[2J", nl=False)   # clear the screen between reports
                     elif shown:
                         click.echo("")
                     click.echo(render_report(report))
+                    click.echo(f"\nworkers (from their reports on {feed.topic}):")
+                    click.echo("\n".join(render_workers(workers)) or "  (none reported in the last 10 minutes)")
                 shown += 1
                 if not watch or (count is not None and shown >= count):
                     break
@@ -76,7 +86,18 @@ def inspect(app_spec: str, group: str | None, topics: str | None, watch: bool, i
     except KtasksError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
+        feed.close()
         app.close(timeout_s=2)
+
+
+def _reported_workers(feed: ReportFeed, group: str, timeout_s: float) -> list[WorkerReport]:
+    """The group's workers from their reports; those that said goodbye over a minute ago are left out."""
+    try:
+        feed.poll(timeout_s=timeout_s, until_end=True)
+    except KtasksError as exc:
+        logger.warning("could not read worker reports: %s", exc)
+        return []
+    return [w for w in feed.workers(group) if w.status() != "stopped" or w.age_s() < 60]
 
 
 @click.command()

@@ -137,7 +137,7 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
 
 
 def _add_monitoring(app: Any, settings: Any) -> None:
-    """The metrics endpoint and the reporter, as the worker's settings ask."""
+    """The metrics endpoint and the reports on Kafka, as the worker's settings ask."""
     if settings.metrics_port is not None:
         from ..errors import KtasksError
         from ..metrics import Metrics
@@ -148,6 +148,11 @@ def _add_monitoring(app: Any, settings: Any) -> None:
         except KtasksError as exc:
             raise click.ClickException(str(exc)) from exc
         app.add_middleware(metrics)
+    if settings.report_interval_s > 0:
+        from ..reports import Reporter
+
+        app.add_middleware(Reporter(settings.report_interval_s, settings.reports_topic,
+                                    settings.reports_retention_ms))
 
 
 COMMANDS = [worker]
