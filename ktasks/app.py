@@ -188,7 +188,7 @@ class App:
         if topic not in self._ensured:
             self.ensure_topics([topic], partitions=task.options.partitions if task else None)
         try:
-            future = self.producer.get().send(topic, value=value, key=kbytes, headers=hdrs)
+            future = self.producer.send(topic, value=value, key=kbytes, headers=hdrs)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
         self.middleware.after("after_enqueue", message, topic)
@@ -198,8 +198,7 @@ class App:
                  headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
         """Publish already-encoded bytes (retries, dead letters, replays); returns the send future."""
         try:
-            return self.producer.get().send(topic, value=value, key=key, headers=headers or [],
-                                            partition=partition)
+            return self.producer.send(topic, value=value, key=key, headers=headers or [], partition=partition)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
 
