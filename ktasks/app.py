@@ -208,7 +208,7 @@ class App:
         if topic not in self._ensured:
             self.ensure_topics([topic], partitions=task.options.partitions if task else None)
         try:
-            future = self.producer.get().send(topic, value=value, key=kbytes, headers=hdrs)
+            future = self.producer.send(topic, value=value, key=kbytes, headers=hdrs)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
         if self._tracked is not None:
@@ -220,8 +220,8 @@ class App:
                  headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
         """Publish already-encoded bytes (retries, dead letters, replays); returns the send future."""
         try:
-            future = self.producer.get().send(topic, value=value, key=key, headers=headers or [],
-                                              partition=partition)
+            future = self.producer.send(topic, value=value, key=key, headers=headers or [],
+                                        partition=partition)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
         if self._tracked is not None:

@@ -11,6 +11,16 @@ The producer is flushed at interpreter exit, on ``app.close()``, and at the
 exit of :mod:`multiprocessing` children (which leave through ``os._exit`` and
 skip :mod:`atexit`). A child made with a bare ``os.fork()`` that leaves through
 ``os._exit`` must call ``app.flush()`` first.
+
+At interpreter exit the flush waits up to ``send_timeout_ms``; every record
+still not acknowledged then is written to stderr with its task id (directly,
+whatever the logging setup), since its sender can no longer learn of it. The
+exit status is left as the program set it: an :mod:`atexit` hook can change it
+only through ``os._exit``, which would skip the other exit hooks.
+
+Every producer gets the workaround for kafka-python's lost producer id, and a
+watchdog replaces a producer that stopped making progress (see
+:mod:`ktasks.producer_recovery`).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -27,6 +38,8 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from .errors import BrokerUnavailable, EnqueueError
+from .message import HEADER_ID, header
+from .producer_recovery import abort_pending, has_fatal_error, install_producer_id_recovery, unusable_reason
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,6 +52,38 @@ _holders: weakref.WeakSet[ProducerHolder] = weakref.WeakSet()
 _inherited: list[Any] = []
 # Pid of the process that registered a multiprocessing exit finalizer.
 _mp_finalizer_pid: int | None = None
+# How often the watchdog looks for a stuck producer, and the margin past
+# delivery_timeout_ms after which a record not yet completed means "stuck".
+_WATCHDOG_INTERVAL_S = 1.0
+_STALL_MARGIN_S = 5.0
+
+
+class _Pending:
+    """Records sent and not yet completed, by task id, so that an exit can name the unsent ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: dict[int, tuple[Any, str, str]] = {}
+
+    def track(self, future: Any, task_id: str, topic: str) -> None:
+        key = id(future)
+        with self._lock:
+            self._records[key] = (future, task_id, topic)
+        future.add_both(self._done, key, task_id, topic)
+
+    def _done(self, key: int, task_id: str, topic: str, result: Any) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+        if isinstance(result, BaseException):
+            logger.warning("task %s was not sent to %s: %s: %s", task_id, topic, type(result).__name__, result)
+
+    def snapshot(self) -> list[tuple[Any, str, str]]:
+        with self._lock:
+            return list(self._records.values())
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._records = {}
 
 
 class ProducerHolder:
@@ -50,6 +95,7 @@ class ProducerHolder:
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
         self._pid = os.getpid()
+        self._pending = _Pending()
         _holders.add(self)
 
     def config(self) -> dict[str, Any]:
@@ -77,7 +123,9 @@ class ProducerHolder:
         pid = os.getpid()
         producer = self._producer
         if producer is not None and self._pid == pid:
-            return producer
+            if not has_fatal_error(producer):
+                return producer
+            self._replace_if_unusable()
         with self._lock:
             if self._pid != pid:  # forked without the at-fork hook (should not happen)
                 self._after_fork()
@@ -94,8 +142,39 @@ class ProducerHolder:
                 # Our exit hook flushes with a longer timeout than kafka-python's own.
                 _forget_kafka_atexit(producer)
                 _register_multiprocessing_exit()
+                install_producer_id_recovery(producer)
+                _start_watchdog()
                 self._producer = producer
             return self._producer
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
+        """Send one record; returns kafka-python's future. Raises kafka-python's errors.
+
+        The record is tracked (by the task id in its ``ktasks-id`` header) until
+        it is acknowledged or fails, so an exit can report it if it is not.
+        """
+        headers = headers or []
+        future = self.get().send(topic, value=value, key=key, headers=headers, partition=partition)
+        self._pending.track(future, header(headers, HEADER_ID) or "(no task id)", topic)
+        return future
+
+    def _replace_if_unusable(self) -> None:
+        """Fail and replace this process's producer if kafka-python left it unusable (watchdog step)."""
+        producer = self._producer
+        if producer is None or self._pid != os.getpid():
+            return
+        limit_s = self.config()["delivery_timeout_ms"] / 1000.0 + _STALL_MARGIN_S
+        reason = unusable_reason(producer, limit_s)
+        if reason is None:
+            return
+        with self._lock:
+            if self._producer is not producer:
+                return
+            self._producer = None
+        logger.error("replacing the Kafka producer: %s; failing its %d pending records", reason,
+                     len(self._pending.snapshot()))
+        abort_pending(producer)
 
     def _after_fork(self) -> None:
         """In a forked child: set the parent's producer aside untouched, start afresh."""
@@ -113,6 +192,7 @@ class ProducerHolder:
             _inherited.append(inherited)
         self._pid = pid
         self._lock = threading.Lock()
+        self._pending.reset()
 
     @property
     def started(self) -> bool:
@@ -133,6 +213,28 @@ class ProducerHolder:
                     producer.flush(timeout=timeout_s)
                 finally:
                     producer.close(timeout=timeout_s)
+
+    def close_at_exit(self) -> None:
+        """Flush for up to ``send_timeout_ms``, close, and write every unsent record's task id to stderr."""
+        self._after_fork()
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        pending = self._pending.snapshot()
+        timeout_s = self._settings.send_timeout_ms / 1000.0
+        try:
+            producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError:
+            pass  # what is still pending is reported below
+        unsent = [(task_id, topic, future) for future, task_id, topic in pending
+                  if not (future.is_done and future.succeeded())]
+        if unsent:
+            abort_pending(producer)  # fails what is left, so nothing is sent after the report
+        else:
+            producer.close(timeout=timeout_s)
+        if unsent:
+            _report_unsent(unsent, self._settings.bootstrap_servers, timeout_s)
 
 
 def translate_send_error(exc: BaseException, settings: Settings) -> EnqueueError:
@@ -163,6 +265,49 @@ def _register_multiprocessing_exit() -> None:
     _mp_finalizer_pid = pid
 
 
+def _report_unsent(unsent: list[tuple[str, str, Any]], servers: str, timeout_s: float) -> None:
+    """Tell stderr which tasks never reached Kafka, bypassing logging (it may be off or shut down)."""
+    lines = [f"ktasks: {len(unsent)} task(s) were NOT sent to Kafka at {servers} before the process "
+             f"exited (waited {timeout_s:g} s, send_timeout_ms):"]
+    for task_id, topic, future in unsent:
+        reason = "still pending" if not future.is_done else f"failed: {future.exception}"
+        lines.append(f"ktasks:   task {task_id} for topic {topic}: {reason}")
+    text = "\n".join(lines) + "\n"
+    stream = sys.stderr if sys.stderr is not None else sys.__stderr__
+    try:
+        assert stream is not None
+        stream.write(text)
+        stream.flush()
+    except Exception:  # stderr replaced by something closed: write to the descriptor itself
+        try:
+            os.write(2, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+_watchdog_pid: int | None = None
+
+
+def _start_watchdog() -> None:
+    """One daemon thread per process checks every producer for a stall (threads do not survive fork)."""
+    global _watchdog_pid
+    if _watchdog_pid == os.getpid():
+        return
+    _watchdog_pid = os.getpid()
+    threading.Thread(target=_watch, name="ktasks-producer-watchdog", daemon=True).start()
+
+
+def _watch() -> None:
+    pid = os.getpid()
+    while _watchdog_pid == pid:
+        time.sleep(_WATCHDOG_INTERVAL_S)
+        for holder in list(_holders):
+            try:
+                holder._replace_if_unusable()
+            except Exception:  # the watchdog must outlive anything odd in one producer
+                logger.debug("producer watchdog", exc_info=True)
+
+
 def _reset_after_fork() -> None:
     for holder in list(_holders):
         holder._after_fork()
@@ -175,6 +320,6 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 def _flush_all_at_exit() -> None:
     for holder in list(_holders):
         try:
-            holder.close(timeout_s=5.0)
+            holder.close_at_exit()
         except Exception:  # exit must go on whatever a broker does
             logger.warning("flushing the producer at exit failed", exc_info=True)

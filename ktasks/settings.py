@@ -130,6 +130,12 @@ _add("default_topic", str, None, "Topic for tasks that name none; defaults to `<
 _add("partitions", int, 6, "Partitions of topics that ktasks creates.", G)
 _add("replication_factor", int, 1, "Replication factor of topics that ktasks creates (use 3 in production).",
      G)
+_add("min_insync_replicas", int, None, "`min.insync.replicas` of topics that ktasks creates: with `acks=all`, "
+     "a write succeeds only once this many replicas have it. None keeps the broker's default. Use 2 with "
+     "replication factor 3. Checked by `ktasks topics check`.", G, nullable=True)
+_add("topic_configs", dict, {}, "Kafka topic configs applied to topics that ktasks creates and checked by "
+     "`ktasks topics check`, for example `{\"retention.ms\": \"604800000\"}`. Values are strings (ints "
+     "are converted); `min.insync.replicas` goes in `min_insync_replicas` instead.", G)
 _add("auto_create_topics", bool, True, "Create task, retry and dead-letter topics on first use.", G)
 _add("dead_letter_suffix", str, ".DLT", "Suffix of a topic's dead-letter topic.", G)
 _add("retry_suffix", str, ".retry", "Suffix of a topic's retry topics, followed by the delay tier.", G)
@@ -246,6 +252,8 @@ class Settings:
                 default = setting.default
                 resolved[name] = default.copy() if isinstance(default, (dict, list)) else default
         _check_kafka_options(resolved["kafka_options"])
+        resolved["topic_configs"] = _check_topic_configs(resolved["topic_configs"], resolved["min_insync_replicas"],
+                                                         resolved["replication_factor"])
         object.__setattr__(self, "_values", resolved)
 
     def __getattr__(self, name: str) -> Any:
@@ -276,6 +284,13 @@ class Settings:
         cfg.update(self.kafka_options)
         return cfg
 
+    def topic_config(self) -> dict[str, str]:
+        """Kafka configs of every topic ktasks creates: ``topic_configs`` plus ``min.insync.replicas``."""
+        configs = dict(self.topic_configs)
+        if self.min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(self.min_insync_replicas)
+        return configs
+
     def __repr__(self) -> str:
         shown = {k: ("***" if "password" in k and v else v) for k, v in self._values.items()
                  if v != SETTINGS[k].default}
@@ -289,3 +304,23 @@ def _check_kafka_options(options: dict[str, Any]) -> None:
     for key in options:
         if key not in known:
             raise ConfigurationError(f"kafka_options: {key!r} is not a kafka-python setting")
+
+
+def _check_topic_configs(configs: dict[str, Any], min_insync: int | None, replication_factor: int
+                         ) -> dict[str, str]:
+    """``topic_configs`` with every value a string; errors name the offending key."""
+    checked: dict[str, str] = {}
+    for key, value in configs.items():
+        if not isinstance(key, str) or not key or key != key.strip():
+            raise ConfigurationError(f"topic_configs: {key!r} is not a Kafka config name")
+        if key == "min.insync.replicas":
+            raise ConfigurationError("topic_configs: set 'min.insync.replicas' with the min_insync_replicas "
+                                     "setting instead")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ConfigurationError(f"topic_configs: value of {key!r} must be a string or an int, "
+                                     f"got {type(value).__name__} {value!r}")
+        checked[key] = str(value)
+    if min_insync is not None and not 1 <= min_insync <= replication_factor:
+        raise ConfigurationError(f"min_insync_replicas={min_insync} must be between 1 and replication_factor="
+                                 f"{replication_factor}: with acks=all no write could ever succeed")
+    return checked

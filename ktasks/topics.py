@@ -1,9 +1,11 @@
 """Creating and checking topics.
 
 Topics are created on first use (or ahead of time with ``ktasks topics
-create``) with the configured partitions and replication factor. An existing
-topic with fewer partitions than configured is reported, never changed:
-adding partitions moves keys to other partitions and breaks per-key order.
+create``) with the configured partitions, replication factor and topic configs
+(``topic_configs``, ``min_insync_replicas``). An existing topic with fewer
+partitions than configured is reported, never changed: adding partitions moves
+keys to other partitions and breaks per-key order. :meth:`TopicManager.check`
+(``ktasks topics check``) compares existing topics with the settings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from .errors import BrokerUnavailable, TopicError
@@ -24,7 +27,7 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TopicManager", "TopicReport"]
+__all__ = ["TopicCheck", "TopicManager", "TopicReport"]
 
 _managers: weakref.WeakSet[TopicManager] = weakref.WeakSet()
 # Admin clients inherited across a fork, kept referenced so the child never closes them.
@@ -45,6 +48,35 @@ class TopicReport:
     @property
     def short(self) -> bool:
         return self.partitions < self.wanted_partitions
+
+
+@dataclass(frozen=True)
+class TopicCheck:
+    """How one existing topic compares with the settings (``ktasks topics check``)."""
+
+    name: str
+    exists: bool
+    partitions: int = 0
+    wanted_partitions: int = 0
+    replication_factor: int = 0
+    wanted_replication_factor: int = 0
+    config_diffs: tuple[tuple[str, str | None, str], ...] = ()
+    """``(key, value on the broker or None, configured value)`` for each config that differs."""
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong, one phrase each; empty when the topic matches the settings."""
+        if not self.exists:
+            return ["missing"]
+        found = []
+        if self.partitions < self.wanted_partitions:
+            found.append(f"{self.partitions} partitions, fewer than the configured {self.wanted_partitions}")
+        if self.replication_factor < self.wanted_replication_factor:
+            found.append(f"replication factor {self.replication_factor}, below the configured "
+                         f"{self.wanted_replication_factor}")
+        for key, have, want in self.config_diffs:
+            found.append(f"{key}={have if have is not None else '(unset)'}, configured {want}")
+        return found
 
 
 class TopicManager:
@@ -105,9 +137,14 @@ class TopicManager:
     def ensure(self, topics: Iterable[str], partitions: int | None = None,
                replication_factor: int | None = None, configs: dict[str, str] | None = None
                ) -> list[TopicReport]:
-        """Create missing topics; report existing ones with fewer partitions than wanted."""
+        """Create missing topics; report existing ones with fewer partitions than wanted.
+
+        Created topics get the settings' topic configs (``topic_configs`` and
+        ``min_insync_replicas``), then ``configs`` on top.
+        """
         wanted = partitions or self._settings.partitions
         rf = replication_factor or self._settings.replication_factor
+        configs = {**self._settings.topic_config(), **(configs or {})}
         reports: list[TopicReport] = []
         missing: list[str] = []
         for topic in dict.fromkeys(topics):
@@ -118,7 +155,7 @@ class TopicManager:
                 reports.append(self._report(topic, have, False, wanted))
         if missing:
             spec: dict[str, dict[str, Any]] = {
-                t: {"num_partitions": wanted, "replication_factor": rf, "configs": dict(configs or {})}
+                t: {"num_partitions": wanted, "replication_factor": rf, "configs": dict(configs)}
                 for t in missing
             }
             admin = self.admin()
@@ -156,6 +193,46 @@ class TopicManager:
                 "(adding partitions would move keys and break per-key order)", topic, have, wanted)
         return report
 
+    def check(self, topics: Iterable[str], partitions: dict[str, int] | None = None) -> list[TopicCheck]:
+        """Compare existing topics with the settings: partitions, replication factor and topic configs.
+
+        Args:
+            topics: names to check.
+            partitions: wanted partition count per topic (default: the ``partitions`` setting).
+
+        Raises:
+            TopicError: the broker could not be asked.
+        """
+        names = list(dict.fromkeys(topics))
+        wanted_configs = self._settings.topic_config()
+        try:
+            described = {e.get("topic", e.get("name")): e for e in self.admin().describe_topics(names)}
+            existing = [n for n in names if _partition_list(described.get(n))]
+            configs: dict[str, Any] = {}
+            if existing and wanted_configs:
+                resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict.fromkeys(wanted_configs))
+                             for n in existing]
+                configs = self.admin().describe_configs(resources, config_filter="all").get("topic", {})
+        except KafkaError as exc:
+            raise TopicError(f"describing topics {names}: {exc}") from exc
+        checks = []
+        for name in names:
+            parts = _partition_list(described.get(name))
+            wanted = (partitions or {}).get(name) or self._settings.partitions
+            if not parts:
+                checks.append(TopicCheck(name, exists=False, wanted_partitions=wanted))
+                continue
+            have = configs.get(name, {})
+            diffs = []
+            for key, want in wanted_configs.items():
+                value = have.get(key, {}).get("value") if isinstance(have.get(key), dict) else None
+                if value != want:
+                    diffs.append((key, value, want))
+            rf = min(len(p.get("replica_nodes") or ()) for p in parts)
+            checks.append(TopicCheck(name, True, len(parts), wanted, rf, self._settings.replication_factor,
+                                     tuple(diffs)))
+        return checks
+
     def close(self) -> None:
         """Close this process's admin client (a no-op if none was built here)."""
         self._after_fork()
@@ -163,6 +240,12 @@ class TopicManager:
             if self._admin is not None:
                 self._admin.close()
             self._admin = None
+
+
+def _partition_list(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not entry or entry.get("error_code"):
+        return []
+    return list(entry.get("partitions") or [])
 
 
 def _reset_after_fork() -> None:

@@ -96,4 +96,4 @@ def unique(request: pytest.FixtureRequest) -> UniqueNames:
 
     return make
 
-pytest_plugins = ["tests.fixtures.app", "tests.fixtures.worker"]
+pytest_plugins = ["tests.fixtures.app", "tests.fixtures.worker", "tests.fixtures.cluster"]

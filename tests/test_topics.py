@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -64,3 +65,70 @@ def test_creation_errors_carry_the_brokers_reason(manager, unique):
         manager.ensure([unique("rf")], replication_factor=3)  # a single-broker cluster
     with pytest.raises(TopicError, match="invalid|Invalid|illegal|Illegal"):
         manager.ensure(["bad topic name!"])
+
+
+# -- topic configs (topic_configs, min_insync_replicas) -------------------------------------------
+
+
+def _config(admin, topic, key):
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    found = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})],
+                                   config_filter="all")
+    return found["topic"][topic][key]["value"]
+
+
+def test_created_topics_get_the_configured_topic_configs(kafka_bootstrap, kafka_admin, unique):
+    settings = Settings(bootstrap_servers=kafka_bootstrap, partitions=2, min_insync_replicas=1,
+                        topic_configs={"retention.ms": 3600000, "cleanup.policy": "delete"})
+    manager = TopicManager(settings, "ktasks-test-topic-configs")
+    try:
+        topic = unique("configured")
+        manager.ensure([topic])
+        assert _config(kafka_admin, topic, "retention.ms") == "3600000"
+        assert _config(kafka_admin, topic, "min.insync.replicas") == "1"
+        [check] = manager.check([topic])
+        assert check.problems == [] and (check.partitions, check.replication_factor) == (2, 1)
+    finally:
+        manager.close()
+
+
+def test_check_names_every_difference(kafka_bootstrap, kafka_admin, unique):
+    settings = Settings(bootstrap_servers=kafka_bootstrap, partitions=4, topic_configs={"retention.ms": "60000"})
+    manager = TopicManager(settings, "ktasks-test-topic-check")
+    try:
+        short, missing = unique("short"), unique("missing")
+        create_topic(kafka_admin, short, partitions=2, configs={"retention.ms": "120000"})
+        by_name = {c.name: c for c in manager.check([short, missing])}
+        assert by_name[missing].problems == ["missing"]
+        assert by_name[short].problems == ["2 partitions, fewer than the configured 4",
+                                           "retention.ms=120000, configured 60000"]
+        wants_rf3 = TopicManager(settings.replace(replication_factor=3), "ktasks-test-topic-check-rf")
+        try:
+            [rf_check] = wants_rf3.check([short], {short: 2})
+        finally:
+            wants_rf3.close()
+        assert rf_check.problems == ["replication factor 1, below the configured 3",
+                                     "retention.ms=120000, configured 60000"]
+    finally:
+        manager.close()
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({"min_insync_replicas": 2}, "min_insync_replicas=2 must be between 1 and replication_factor=1"),
+    ({"min_insync_replicas": 0, "replication_factor": 3}, "min_insync_replicas=0 must be between 1"),
+    ({"topic_configs": {"min.insync.replicas": "2"}}, "with the min_insync_replicas setting instead"),
+    ({"topic_configs": {"retention.ms": 1.5}}, "value of 'retention.ms' must be a string or an int, got float"),
+    ({"topic_configs": {"": "x"}}, "'' is not a Kafka config name"),
+])
+def test_topic_settings_are_checked(settings, fragment):
+    from ktasks.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        Settings(**settings)
+
+
+def test_topic_config_merges_min_insync_replicas():
+    settings = Settings(replication_factor=3, min_insync_replicas=2, topic_configs={"retention.ms": 60000})
+    assert settings.topic_config() == {"retention.ms": "60000", "min.insync.replicas": "2"}
+    assert Settings().topic_config() == {}

@@ -1,10 +1,13 @@
-"""``ktasks topics create|list``: the app's topics, ahead of time.
+"""``ktasks topics create|list|check``: the app's topics, ahead of time.
 
 ``create`` makes every topic the app uses: each task topic, its retry topics
 (one per delay tier) and its dead-letter topic, with the configured partitions
 and replication factor. A topic that already exists is reported and never
 changed; one with fewer partitions than configured gets a WARNING line, since
 adding partitions would move keys to other partitions and break per-key order.
+``check`` compares every topic with the settings (partitions, replication
+factor, ``topic_configs`` and ``min_insync_replicas``) and exits 1 on a
+difference.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic
 
 @click.group()
 def topics() -> None:
-    """Create and list the app's Kafka topics."""
+    """Create, list and check the app's Kafka topics."""
 
 
 @topics.command()
@@ -114,6 +117,33 @@ def list_(app_spec: str) -> None:
             if have is not None and have < item.partitions:
                 note = f"  WARNING fewer than the configured {item.partitions}"
             click.echo(f"{item.name:<{width}}  {state:<15} {item.role}{note}")
+
+
+@topics.command()
+@app_option
+@click.pass_context
+def check(ctx: click.Context, app_spec: str) -> None:
+    """Check the app's topics against the settings: partitions, replication factor, topic configs.
+
+    Prints one line per topic; exit code 1 if any is missing or differs.
+    """
+    with loaded_app(app_spec) as app:
+        plan = planned_topics(app)
+        checks = app.topics.check([p.name for p in plan], {p.name: p.partitions for p in plan})
+    bad = 0
+    width = max(len(c.name) for c in checks)
+    for result in checks:
+        problems = result.problems
+        if problems:
+            bad += 1
+            click.echo(f"DIFFERS  {result.name:<{width}}  " + "; ".join(problems))
+        else:
+            click.echo(f"ok       {result.name:<{width}}  ({result.partitions} partitions, replication factor "
+                       f"{result.replication_factor})")
+    if bad:
+        click.echo(f"{bad} of {len(checks)} topic(s) differ from the settings; ktasks never changes an "
+                   "existing topic (kafka-configs.sh --alter does)", err=True)
+        ctx.exit(1)
 
 
 COMMANDS = [topics]

@@ -40,7 +40,8 @@ from .._proc import pid_alive
 from ..errors import DevBrokerError
 from .jars import KAFKA_VERSION, KafkaRuntime, cache_root, file_lock, kafka_runtime
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "BrokerStatus", "DevBroker", "default_state_dir", "free_port"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "BrokerStatus", "DevBroker", "NodeConfig", "default_state_dir",
+           "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,41 @@ class BrokerStatus:
     """Start time, seconds since the epoch (0.0 if unknown)."""
 
 
+@dataclass(frozen=True)
+class NodeConfig:
+    """A node's place in a cluster: the defaults make a cluster of one.
+
+    :class:`ktasks.dev.cluster.DevCluster` gives each of its nodes one of these.
+    """
+
+    node_id: int = NODE_ID
+    """KRaft ``node.id``."""
+    controller_port: int | None = None
+    """Fixed controller port; None chooses a free one (kept across restarts)."""
+    quorum_voters: str | None = None
+    """``controller.quorum.voters``; None means this node alone."""
+    cluster_id: str | None = None
+    """Cluster id to format with; None chooses one (kept across restarts)."""
+    replication_factor: int = 1
+    """``default.replication.factor`` and the internal topics' replication."""
+    min_insync_replicas: int = 1
+    """``min.insync.replicas`` (and the transaction log's)."""
+    extra_properties: tuple[tuple[str, str], ...] = ()
+    """Further ``server.properties`` entries; they win over ktasks' own."""
+    format_args: tuple[str, ...] = ()
+    """Further arguments to ``StorageTool format`` (for example ``--add-scram``)."""
+    java_options: tuple[str, ...] = ()
+    """JVM options after :data:`JVM_OPTIONS` (later ones win, such as a smaller ``-Xmx``)."""
+
+
+def new_cluster_id() -> str:
+    """A fresh KRaft cluster id."""
+    while True:  # Kafka's Uuid: url-safe base64 of 16 random bytes; avoid a leading "-"
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def default_state_dir(port: int) -> Path:
     """State directory of the dev broker on ``port``: ``<cache>/dev/<port>``."""
     return cache_root() / "dev" / str(port)
@@ -134,18 +170,23 @@ class DevBroker:
         host: address to listen on and advertise.
         kafka_version: Kafka release to resolve from Maven Central (ignored
             when ``KAFKA_HOME`` is set).
+        node: this node's place in a cluster (see :class:`NodeConfig`); the
+            default is a cluster of one.
     """
 
     def __init__(self, port: int = DEFAULT_PORT, state_dir: str | os.PathLike[str] | None = None,
-                 host: str = DEFAULT_HOST, kafka_version: str = KAFKA_VERSION) -> None:
+                 host: str = DEFAULT_HOST, kafka_version: str = KAFKA_VERSION,
+                 node: NodeConfig | None = None) -> None:
         if not 0 < port < 65536:
             raise DevBrokerError(f"invalid port {port}")
         self.port = port
         self.host = host
         self.kafka_version = kafka_version
+        self.node = node or NodeConfig()
         self.state_dir = Path(state_dir if state_dir is not None else default_state_dir(port))
         self.state_dir = self.state_dir.expanduser().resolve()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = time.monotonic()
 
     def __repr__(self) -> str:
         return f"DevBroker({self.bootstrap!r}, state_dir={str(self.state_dir)!r})"
@@ -239,6 +280,21 @@ class DevBroker:
                 exits or does not answer within ``timeout_s`` (it is then
                 stopped, and the message names the log file).
         """
+        if not self.start():
+            return False
+        self.wait_ready(timeout_s)
+        return True
+
+    def start(self) -> bool:
+        """Start the broker's JVM without waiting for it to answer (see :meth:`up`).
+
+        A node of a multi-node cluster cannot answer until a quorum of
+        controllers runs, so a cluster starts every node first and then
+        waits on each with :meth:`wait_ready`.
+
+        Returns:
+            True if this call started the broker, False if it was already running.
+        """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self._lock_path, f"waiting for another command on the broker in {self.state_dir}..."):
             current = self.status()
@@ -250,7 +306,7 @@ class DevBroker:
             _check_port_free(self.host, self.port)
             state = self._load_state()
             controller_port = self._controller_port(state)
-            cluster_id = self._cluster_id(state)
+            cluster_id = self.node.cluster_id or self._cluster_id(state)
             self._log4j_path.write_text(_LOG4J2)
             self.config_path.write_text(self._server_properties(controller_port))
             if not (self.data_dir / "meta.properties").exists():
@@ -258,20 +314,34 @@ class DevBroker:
             state.update(version=_STATE_VERSION, host=self.host, port=self.port,
                          controller_port=controller_port, cluster_id=cluster_id,
                          kafka_version=runtime.kafka_version, libs_dir=str(runtime.libs_dir),
-                         started_at=time.time())
+                         node_id=self.node.node_id, started_at=time.time())
             self._save_state(state)
-            proc = self._spawn(runtime)
-            started = time.monotonic()
-            try:
-                self._wait_ready(proc, timeout_s)
-            except BaseException:
-                self._stop_pid(proc.pid, timeout_s=10.0)
-                self.pid_path.unlink(missing_ok=True)
-                raise
-            logger.info("ready in %.1f s", time.monotonic() - started)
+            self._spawn(runtime)
+            self._started_at = time.monotonic()
             return True
 
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until the broker started by :meth:`start` answers; stop it if it does not.
+
+        Raises:
+            DevBrokerError: the broker exited, or did not answer within
+                ``timeout_s`` (the message names the log file).
+        """
+        proc = self._proc
+        if proc is None:
+            raise DevBrokerError(f"broker on {self.bootstrap} was not started by this object")
+        try:
+            self._wait_ready(proc, timeout_s)
+        except BaseException:
+            self._stop_pid(proc.pid, timeout_s=10.0)
+            self.pid_path.unlink(missing_ok=True)
+            raise
+        logger.info("%s ready in %.1f s", self.bootstrap, time.monotonic() - self._started_at)
+
     def _controller_port(self, state: dict[str, Any]) -> int:
+        if self.node.controller_port is not None:
+            _check_port_free(self.host, self.node.controller_port)
+            return self.node.controller_port
         recorded = state.get("controller_port")
         if isinstance(recorded, int) and recorded != self.port:
             if _port_is_free(self.host, recorded):
@@ -291,17 +361,15 @@ class DevBroker:
         recorded = state.get("cluster_id")
         if isinstance(recorded, str) and recorded:
             return recorded
-        while True:  # Kafka's Uuid: url-safe base64 of 16 random bytes; avoid a leading "-"
-            candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            if not candidate.startswith("-"):
-                return candidate
+        return new_cluster_id()
 
     def _server_properties(self, controller_port: int) -> str:
         h, p, c = self.host, self.port, controller_port
+        n, rf = self.node.node_id, str(self.node.replication_factor)
         props = {
             "process.roles": "broker,controller",
-            "node.id": str(NODE_ID),
-            "controller.quorum.voters": f"{NODE_ID}@{h}:{c}",
+            "node.id": str(n),
+            "controller.quorum.voters": self.node.quorum_voters or f"{n}@{h}:{c}",
             "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
             "advertised.listeners": f"PLAINTEXT://{h}:{p}",
             "controller.listener.names": "CONTROLLER",
@@ -309,30 +377,34 @@ class DevBroker:
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": rf,
+            "min.insync.replicas": str(self.node.min_insync_replicas),
+            "offsets.topic.replication.factor": rf,
             # Fewer partitions of __consumer_offsets: the group coordinator loads faster.
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": str(self.node.min_insync_replicas),
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": str(self.node.min_insync_replicas),
             "group.initial.rebalance.delay.ms": "0",
             # Tests may use short consumer sessions (the broker's default minimum is 6000).
             "group.min.session.timeout.ms": "500",
             "auto.create.topics.enable": "false",
         }
+        props.update(self.node.extra_properties)
         lines = ["# Written by ktasks dev (rewritten at each start)."]
         lines += [f"{key}={value}" for key, value in props.items()]
         return "\n".join(lines) + "\n"
 
     def _java_command(self, runtime: KafkaRuntime, main: str, *args: str) -> list[str]:
         extra = shlex.split(os.environ.get("KTASKS_DEV_JAVA_OPTS", ""))
-        return [runtime.java, *JVM_OPTIONS, *extra, f"-Dlog4j2.configurationFile={self._log4j_path}",
+        return [runtime.java, *JVM_OPTIONS, *self.node.java_options, *extra, f"-Dlog4j2.configurationFile={self._log4j_path}",
                 "-cp", runtime.classpath, main, *args]
 
     def _format(self, runtime: KafkaRuntime, cluster_id: str) -> None:
         logger.info("formatting storage in %s...", self.data_dir)
         cmd = self._java_command(runtime, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                 "-c", str(self.config_path))
+                                 "-c", str(self.config_path), *self.node.format_args)
         try:
             proc = subprocess.run(cmd, cwd=self.state_dir, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, timeout=_FORMAT_TIMEOUT_S, check=False)

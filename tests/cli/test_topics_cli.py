@@ -181,3 +181,31 @@ def test_cli_reports_a_bad_app_as_a_usage_error():
     result = CliRunner().invoke(cli, ["topics", "list", "-A", "json"])
     assert result.exit_code == 2
     assert "module 'json' defines no ktasks App" in result.output
+
+
+def test_check_reports_topics_that_differ_from_the_settings(tmp_path, monkeypatch, kafka_bootstrap, kafka_admin,
+                                                            unique):
+    topic = unique("check")
+    module = _module(tmp_path, monkeypatch, f"""
+        from ktasks import App
+        app = App("check-test", bootstrap_servers={kafka_bootstrap!r}, default_topic={topic!r}, partitions=2,
+                  retry_tiers_ms=[1000], topic_configs={{"retention.ms": "86400000"}})
+
+        @app.task
+        def job(x):
+            return x
+    """)
+    create_topic(kafka_admin, topic, partitions=2, configs={"retention.ms": "1000"})
+    result = CliRunner().invoke(cli, ["topics", "check", "-A", module])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["DIFFERS", topic] and "retention.ms=1000, configured 86400000" in lines[0]
+    assert [line.split()[:3] for line in lines[1:]] == [["DIFFERS", f"{topic}.retry-1000ms", "missing"],
+                                                        ["DIFFERS", f"{topic}.DLT", "missing"]]
+    assert "3 of 3 topic(s) differ" in result.stderr
+
+    kafka_admin.delete_topics([topic])
+    assert _invoke("topics", "create", "-A", module).exit_code == 0
+    result = CliRunner().invoke(cli, ["topics", "check", "-A", module])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok", "ok", "ok"]
