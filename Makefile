@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Reinstalled only when the package metadata changes.
 STAMP := $(VENV)/.ktasks-installed
 
-.PHONY: venv test quickstart dev-up dev-down dev-status clean
+.PHONY: venv test test-deps quickstart dev-up dev-down dev-status clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,18 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# System packages the tests need beyond the venv: PostgreSQL's server binaries (initdb, pg_ctl) for the
+# outbox and ctx.claim tests, which start a throwaway server (tests/fixtures/postgres.py). Installed with
+# apt-get only when missing (as root, or through sudo).
+test-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "$$KTASKS_PG_BIN" ] \
+			&& ! command -v initdb >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing PostgreSQL for the tests (apt-get install postgresql)"; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; \
+	fi
+
+test: $(STAMP) test-deps
 	$(BIN)/ruff check ktasks tests
 	$(BIN)/mypy ktasks
 	$(BIN)/pytest $(PYTEST_ARGS)
