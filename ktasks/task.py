@@ -236,6 +236,16 @@ class Task(Generic[P, R]):
             countdown_s=countdown_s,
         )
 
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: ``delay()`` once the current transaction commits, nothing if it rolls back.
+
+        A crash between the commit and the send loses the task; the outbox
+        (``ktasks.contrib.django.outbox``) does not. See docs/outbox.md.
+        """
+        from .contrib.django import delay_on_commit
+
+        delay_on_commit(self, *args, **kwargs)
+
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
         """Build the exception to ``raise`` from inside a task to ask for another attempt."""
         return Retry(countdown_s=countdown_s, exc=exc)
