@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from kafka.errors import KafkaError
 
-from .errors import ConfigurationError, Retry
+from .errors import AlreadyClaimed, ConfigurationError, Retry
 
 if TYPE_CHECKING:
     import sqlite3
@@ -119,6 +119,19 @@ class TaskContext:
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
         return self.task.retry(countdown_s=countdown_s, exc=exc)
 
+    def claim(self, conn: Any) -> None:
+        """Claim this execution in ``conn``'s open transaction (a DB-API connection to your database).
+
+        Inserts :attr:`idempotency_key` into that database's ``ktasks_claims``
+        table, so it commits with the task's own writes, or not at all. If the
+        key is already claimed (a redelivery whose first run committed), raises
+        :class:`~ktasks.errors.AlreadyClaimed`: the worker records the task as
+        done and does not retry it. Call it before writing.
+        """
+        from .appdb.claims import claim
+
+        claim(conn, self.idempotency_key, self.task.name, self.id)
+
 
 @dataclass(frozen=True)
 class SentRecord:
@@ -203,9 +216,15 @@ class Task(Generic[P, R]):
         """Run the function for a message (used by the worker and eager mode)."""
         msg = ctx.message
         fn: Callable[..., Any] = self.fn
-        if self.options.bind:
+        if not self.options.bind:
+            return fn(*msg.args, **msg.kwargs)
+        try:
             return fn(ctx, *msg.args, **msg.kwargs)
-        return fn(*msg.args, **msg.kwargs)
+        except AlreadyClaimed as exc:
+            # Its writes committed in an earlier run (ctx.claim): done, not failed.
+            logger.info("task %s[%s] already claimed in the application database (%s): recorded as done",
+                        msg.task, msg.id, exc.key)
+            return None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
         """Enqueue a call with these arguments."""
