@@ -42,6 +42,7 @@ import psycopg
 from benchmarks.report import write_section
 
 SECTION = "Outbox relay"
+BASE = 1_000_000  # task numbers of the baseline (plain delay()) run
 
 APP = '''
 import time
@@ -159,23 +160,31 @@ def run(bootstrap: str, dsn: str, workdir: Path, latency_rows: int, rate: float,
             _wait(lambda: out.exists() and out.read_text().strip(), 120, "the warm-up task")
             committed: dict[int, float] = {}
             interval = 1.0 / rate
-            next_at = time.monotonic()
-            for i in range(latency_rows):
-                mod.app.outbox(conn).delay(mod.started, i)
-                conn.commit()
-                committed[i] = time.time()
-                next_at += interval
-                time.sleep(max(0.0, next_at - time.monotonic()))
+            # Baseline first, same worker: delay() straight to Kafka right after each commit (ids from
+            # BASE on); then the same through the outbox. The difference is what the outbox adds.
+            for via_outbox, offset in ((False, BASE), (True, 0)):
+                next_at = time.monotonic()
+                for i in range(offset, offset + latency_rows):
+                    if via_outbox:
+                        mod.app.outbox(conn).delay(mod.started, i)
+                        conn.commit()
+                    else:
+                        conn.commit()
+                        mod.started.delay(i)
+                    committed[i] = time.time()
+                    next_at += interval
+                    time.sleep(max(0.0, next_at - time.monotonic()))
 
         def started() -> dict[int, float]:
             lines = [line.split() for line in out.read_text().splitlines() if line.strip()]
             return {int(i): float(t) for i, t in lines if int(i) >= 0}
 
-        _wait(lambda: len(started()) >= latency_rows, 120, "every latency task to start")
+        _wait(lambda: len(started()) >= 2 * latency_rows, 120, "every latency task to start")
     finally:
         _stop(worker)
     begun = started()
     latencies = [(begun[i] - committed[i]) * 1000 for i in range(latency_rows)]
+    direct = [(begun[i] - committed[i]) * 1000 for i in range(BASE, BASE + latency_rows)]
     # Throughput: the relay alone drains a backlog committed at once.
     relay_log = workdir / "relay.log"
     relay = _spawn(workdir, relay_log, "relay", "-A", "bench_outbox_app:app", "--dsn", dsn)
@@ -191,9 +200,18 @@ def run(bootstrap: str, dsn: str, workdir: Path, latency_rows: int, rate: float,
         drain_s = time.perf_counter() - t0
     finally:
         _stop(relay)
+    # The same records sent by this process's producer alone, now: the machine's ceiling for the relay.
+    record = mod.app.build_record(mod.noop.name, [0])
+    t0 = time.perf_counter()
+    for _ in range(rows):
+        mod.app.send_raw(record.topic, record.value, key=record.key, headers=record.headers)
+    mod.app.flush()
+    producer_rate = rows / (time.perf_counter() - t0)
     mod.app.close()
     return {"p50": statistics.median(latencies), "p99": _percentile(latencies, 0.99), "max": max(latencies),
-            "n": latency_rows, "rate": rate, "rows": rows, "drain_s": drain_s, "throughput": rows / drain_s}
+            "d50": statistics.median(direct), "d99": _percentile(direct, 0.99),
+            "n": latency_rows, "rate": rate, "rows": rows, "drain_s": drain_s, "throughput": rows / drain_s,
+            "producer": producer_rate, "load": os.getloadavg()[0]}
 
 
 def render(r: dict[str, float], command: str) -> str:
@@ -209,8 +227,13 @@ def render(r: dict[str, float], command: str) -> str:
         f"`ktasks worker -c 2 --relay`) | {r['p50']:.1f} ms |\n"
         f"| Commit-to-start latency p99 | {r['p99']:.1f} ms |\n"
         f"| Commit-to-start latency max | {r['max']:.1f} ms |\n"
+        f"| Baseline, same run and worker: `delay()` right after each commit, p50 / p99 | {r['d50']:.1f} ms / "
+        f"{r['d99']:.1f} ms |\n"
         f"| Relay throughput ({r['rows']:,.0f} rows committed at once, published with acks=all and deleted, "
-        f"batches of 500) | {r['throughput']:,.0f} rows/s ({r['drain_s']:.2f} s) |\n\n"
+        f"batches of 500) | {r['throughput']:,.0f} rows/s ({r['drain_s']:.2f} s) |\n"
+        f"| Ceiling, same run: the same records from one producer, no database | {r['producer']:,.0f} rows/s |\n\n"
+        f"The machine's load average was {r['load']:.1f} at the end of the run (other work shared its two "
+        "cores), so compare each figure with its same-run baseline rather than with other sections.\n\n"
         "Latency runs from the writer's `commit()` returning to the task's first line in a worker child: "
         "the notification, the relay's claim, the publish and its acknowledgement, the delete, and the "
         "worker's fetch and dispatch.\n"
@@ -232,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run(bootstrap, dsn, workdir, args.latency_rows, args.rate, args.rows)
     print(textwrap.dedent(f"""\
         commit-to-start latency: p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, max {result['max']:.1f} ms
-        relay throughput: {result['throughput']:,.0f} rows/s ({result['rows']:.0f} rows in {result['drain_s']:.2f} s)"""))
+        baseline delay() after commit: p50 {result['d50']:.1f} ms, p99 {result['d99']:.1f} ms
+        relay throughput: {result['throughput']:,.0f} rows/s ({result['rows']:.0f} rows in {result['drain_s']:.2f} s);
+        one producer alone: {result['producer']:,.0f} rows/s; load average {result['load']:.1f}"""))
     if args.write:
         command = "python -m benchmarks.outbox " + " ".join(sys.argv[1:] if argv is None else argv)
         write_section(args.write, render(result, command), SECTION)
