@@ -18,7 +18,7 @@ STAMP := $(VENV)/.ktasks-installed
 # downloaded browser): installed here when missing, with sudo unless we are root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test quickstart dev-up dev-down dev-status clean browser
+.PHONY: venv test test-deps quickstart dev-up dev-down dev-status clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,17 @@ browser:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: $(STAMP) browser
+# System packages the tests need beyond the venv: PostgreSQL's server binaries (initdb, pg_ctl) for the
+# outbox and ctx.claim tests, which start a throwaway server (tests/fixtures/postgres.py). Installed with
+# apt-get only when missing (as root, or through sudo).
+test-deps: browser
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -z "$$KTASKS_PG_BIN" ] \
+			&& ! command -v initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL for the tests (apt-get install postgresql)"; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q postgresql; \
+	fi
+
+test: $(STAMP) test-deps
 	$(BIN)/ruff check ktasks tests
 	$(BIN)/mypy ktasks
 	$(BIN)/pytest $(PYTEST_ARGS)

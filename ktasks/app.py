@@ -9,7 +9,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from kafka.errors import KafkaError
 
@@ -22,13 +23,29 @@ from .producer import ProducerHolder, translate_send_error
 from .settings import Settings
 from .task import EagerResult, SendHandle, Task, TaskOptions
 
+if TYPE_CHECKING:
+    from .appdb.outbox import Outbox
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["App"]
+__all__ = ["App", "OutgoingRecord"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    """A task call encoded and checked, ready for Kafka: what ``send_task`` sends and the outbox stores."""
+
+    message: Message
+    topic: str  # where it goes: the task topic, or a delay tier's retry topic for a countdown
+    task_topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    partitions: int | None  # the task's own partition count, for topic creation
 
 
 class App:
@@ -166,6 +183,47 @@ class App:
         **options: Any,
     ) -> SendHandle | EagerResult:
         """Enqueue a task by name. Used by ``Task.apply_async`` (see it for the options)."""
+        record = self.build_record(name, args, kwargs, key=key, task_id=task_id,
+                                   idempotency_key=idempotency_key, headers=headers, topic=topic,
+                                   countdown_s=countdown_s, eta=eta, expires=expires, attempt=attempt,
+                                   **options)
+        if self.settings.eager:
+            return self._run_eager(decode(record.value), record.task_topic)
+        topic = record.topic
+        if topic not in self._ensured:
+            self.ensure_topics([topic], partitions=record.partitions)
+        try:
+            future = self.producer.send(topic, value=record.value, key=record.key, headers=record.headers)
+        except KafkaError as exc:
+            raise translate_send_error(exc, self.settings) from exc
+        if self._tracked is not None:
+            self._tracked.append(future)
+        self.middleware.after("after_enqueue", record.message, topic)
+        return SendHandle(record.message.id, topic, future, self)
+
+    def build_record(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        key: str | bytes | None = None,
+        task_id: str | None = None,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+        topic: str | None = None,
+        countdown_s: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        attempt: int = 0,
+        **options: Any,
+    ) -> OutgoingRecord:
+        """Encode and check a task call as ``send_task`` would, without sending it.
+
+        Runs the ``before_enqueue`` middleware and raises what ``delay()``
+        raises (``EncodeError``, ``MessageTooLarge``, ``TaskNotRegistered``).
+        The transactional outbox stores the result and publishes it later.
+        """
         if options:
             topic, countdown_s = _call_options(name, options, topic, countdown_s)
         task = self.tasks.get(name)
@@ -198,23 +256,26 @@ class App:
                 f"task {name!r}: message is {size} bytes, over max_message_bytes="
                 f"{self.settings.max_message_bytes}; nothing was sent"
             )
-        if self.settings.eager:
-            return self._run_eager(decode(value), topic)
+        task_topic = topic
         if countdown_s and countdown_s > 0:
             # A delayed task waits in the retry topic of its delay tier, like a retry: the
             # worker holds that partition until it is due, and the task topic never blocks.
             hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
             topic = self.retry_topic(topic, self.delay_tier_ms(countdown_s))
-        if topic not in self._ensured:
-            self.ensure_topics([topic], partitions=task.options.partitions if task else None)
-        try:
-            future = self.producer.send(topic, value=value, key=kbytes, headers=hdrs)
-        except KafkaError as exc:
-            raise translate_send_error(exc, self.settings) from exc
-        if self._tracked is not None:
-            self._tracked.append(future)
-        self.middleware.after("after_enqueue", message, topic)
-        return SendHandle(message.id, topic, future, self)
+        return OutgoingRecord(message, topic, task_topic, kbytes, value, hdrs,
+                              task.options.partitions if task else None)
+
+    def outbox(self, conn: Any, **options: Any) -> Outbox:
+        """Enqueue through ``conn``'s open transaction instead of straight to Kafka.
+
+        ``app.outbox(conn).delay(task, *args)`` writes the checked, encoded
+        call into the ``ktasks_outbox`` table of that DB-API connection; it
+        becomes a Kafka message only if the transaction commits, once a relay
+        (``ktasks relay``) publishes it. See docs/outbox.md.
+        """
+        from .appdb.outbox import Outbox
+
+        return Outbox(self, conn, **options)
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
                  headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:

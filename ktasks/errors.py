@@ -114,3 +114,19 @@ class PoisonMessage(TaskError):
 
 class LedgerError(KtasksError):
     """The execution ledger could not be opened or written."""
+
+
+class AppDatabaseError(KtasksError):
+    """The application's database cannot be used for the outbox or claims (wrong mode, unknown driver)."""
+
+
+class AlreadyClaimed(TaskError):
+    """``ctx.claim(conn)`` found the task's idempotency key already claimed in that database.
+
+    The execution it names already committed its writes; the worker records the
+    task as already done and does not retry it.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"idempotency key {key!r} is already claimed: this task's writes were committed before")
+        self.key = key

@@ -49,6 +49,7 @@ POINTS = frozenset({
     "after_commit",          # parent, after a commit succeeded
     "retry_publish",         # parent, before a retry message is published
     "dead_letter_publish",   # parent, before a dead-letter record is published
+    "relay_after_publish",   # outbox relay, after Kafka acknowledged a batch, before its rows are deleted
 })
 
 

@@ -119,6 +119,19 @@ def retry_headers(headers: Iterable[tuple[str, bytes]] | None, origin_topic: str
     return kept
 
 
+def delay_headers(headers: Iterable[tuple[str, bytes]] | None, origin_topic: str,
+                  from_tier: bool) -> list[tuple[str, bytes]]:
+    """Headers of a not-yet-due record moved, unchanged, to the delay tier of its time left.
+
+    Control headers are carried only from a delay tier, where ktasks wrote them: from a
+    task topic they would come from whoever enqueued the record.
+    """
+    dropped = {ORIGIN_TOPIC} if from_tier else {ORIGIN_TOPIC, FORCE, REPLAY}
+    kept = [(k, v) for k, v in headers or () if k not in dropped]
+    kept.append((ORIGIN_TOPIC, origin_topic.encode()))
+    return kept
+
+
 def is_dead_letter_header(name: str) -> bool:
     """True for headers a dead-lettering adds (Spring's ``kafka_dlt-*``, ``ktasks-dlt-*``)."""
     return name.startswith(DEAD_LETTER_PREFIXES)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from kafka.errors import KafkaError
 
 from .celery_names import translate
-from .errors import ConfigurationError, Retry
+from .errors import AlreadyClaimed, ConfigurationError, Retry
 
 if TYPE_CHECKING:
     import sqlite3
@@ -101,6 +101,19 @@ class TaskContext:
 
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
         return self.task.retry(countdown_s=countdown_s, exc=exc)
+
+    def claim(self, conn: Any) -> None:
+        """Claim this execution in ``conn``'s open transaction (a DB-API connection to your database).
+
+        Inserts :attr:`idempotency_key` into that database's ``ktasks_claims``
+        table, so it commits with the task's own writes, or not at all. If the
+        key is already claimed (a redelivery whose first run committed), raises
+        :class:`~ktasks.errors.AlreadyClaimed`: the worker records the task as
+        done and does not retry it. Call it before writing.
+        """
+        from .appdb.claims import claim
+
+        claim(conn, self.idempotency_key, self.task.name, self.id)
 
 
 @dataclass(frozen=True)
@@ -214,9 +227,15 @@ class Task(Generic[P, R]):
         """Run the function for a message (used by the worker and eager mode)."""
         msg = ctx.message
         fn: Callable[..., Any] = self.fn
-        if self.options.bind:
+        if not self.options.bind:
+            return fn(*msg.args, **msg.kwargs)
+        try:
             return fn(ctx, *msg.args, **msg.kwargs)
-        return fn(*msg.args, **msg.kwargs)
+        except AlreadyClaimed as exc:
+            # Its writes committed in an earlier run (ctx.claim): done, not failed.
+            logger.info("task %s[%s] already claimed in the application database (%s): recorded as done",
+                        msg.task, msg.id, exc.key)
+            return None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
         """Enqueue a call with these arguments."""
@@ -255,6 +274,16 @@ class Task(Generic[P, R]):
             idempotency_key=idempotency_key, headers=headers, topic=topic,
             countdown_s=countdown_s, eta=eta, expires=expires, **options,
         )
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: ``delay()`` once the current transaction commits, nothing if it rolls back.
+
+        A crash between the commit and the send loses the task; the outbox
+        (``ktasks.contrib.django.outbox``) does not. See docs/outbox.md.
+        """
+        from .contrib.django import delay_on_commit
+
+        delay_on_commit(self, *args, **kwargs)
 
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
         """Build the exception to ``raise`` from inside a task to ask for another attempt."""

@@ -96,4 +96,5 @@ def unique(request: pytest.FixtureRequest) -> UniqueNames:
 
     return make
 
-pytest_plugins = ["tests.fixtures.app", "tests.fixtures.worker", "tests.fixtures.cluster"]
+pytest_plugins = ["tests.fixtures.app", "tests.fixtures.worker", "tests.fixtures.cluster",
+                  "tests.fixtures.postgres", "tests.fixtures.appdb"]

@@ -80,7 +80,7 @@ def test_clidoc_escapes_html_and_pipes_outside_code() -> None:
 
 def test_failure_semantics_lists_every_fault_point() -> None:
     text = (DOCS / "failure-semantics.md").read_text()
-    listed = set(re.findall(r"^\| `([a-z_]+)` \| (?:child|parent) \|", text, flags=re.M))
+    listed = set(re.findall(r"^\| `([a-z_]+)` \| (?:child|parent|relay) \|", text, flags=re.M))
     assert listed == set(POINTS)
 
 

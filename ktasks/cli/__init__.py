@@ -15,7 +15,7 @@ import click
 logger = logging.getLogger(__name__)
 
 # Modules that define one click command or group each, named like the command.
-_COMMAND_MODULES = ("dev", "topics", "worker", "ledger", "dlq", "inspect", "dashboard")
+_COMMAND_MODULES = ("dev", "topics", "worker", "ledger", "dlq", "inspect", "dashboard", "relay")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

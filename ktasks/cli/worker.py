@@ -71,6 +71,9 @@ def _source_root(app_spec: str) -> Path:
 @click.option("--progress/--no-progress", default=None,
               help="With --burst: show a progress line (done, rate, lag left, ETA). "
                    "Default: on when stderr is a terminal.")
+@click.option("--relay", "relay_dsn", default=None, metavar="DSN",
+              help="Also run `ktasks relay --dsn DSN` beside the worker, as a child process that stops with it: "
+                   "publishes the transactional outbox of that database (postgresql://... or sqlite:///path).")
 @click.option("--reload", "reload_", is_flag=True,
               help="Development: restart warmly when a .py file under the app's folder changes; code that "
                    "does not compile or fails at import is reported and the running worker kept.")
@@ -80,7 +83,7 @@ def _source_root(app_spec: str) -> Path:
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
            group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
-           reload_: bool, metrics_port: int | None) -> None:
+           relay_dsn: str | None, reload_: bool, metrics_port: int | None) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
 
     Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
@@ -127,12 +130,22 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
                group_id=group_id, loglevel=child_loglevel, log_format=log_format, burst=burst,
                overrides=overrides)
     _add_monitoring(app, w.settings)
+    relay_proc = None
+    if relay_dsn:
+        from .relay import start_relay_process
+
+        relay_proc = start_relay_process(app_spec, relay_dsn, loglevel, log_format)
     try:
         code = run_worker(w)
     except LedgerError as exc:
         # Found before any child started: one line naming the file and what is wrong.
         logger.error("cannot start: %s", exc)
         code = EXIT_ERROR
+    finally:
+        if relay_proc is not None:
+            from .relay import stop_relay_process
+
+            stop_relay_process(relay_proc)
     sys.exit(code)
 
 

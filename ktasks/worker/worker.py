@@ -28,7 +28,7 @@ from .. import faults
 from ..deadletter import DeadLetter
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
-from ..headers import retry_headers, trusted_marks
+from ..headers import delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import TaskEvent
@@ -578,11 +578,7 @@ class Worker:
         job.takes_key = False
         left_s = max(0.0, due - time.time())
         topic = self.app.retry_topic(job.origin_topic, self.app.delay_tier_ms(left_s))
-        # Reserved headers are carried only from a delay tier, where ktasks wrote them: from a
-        # task topic they would come from whoever enqueued the record.
-        dropped = {H_ORIGIN_TOPIC} if from_tier else {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY}
-        headers = [(k, v) for k, v in job.record.headers or [] if k not in dropped]
-        headers.append((H_ORIGIN_TOPIC, job.origin_topic.encode()))
+        headers = delay_headers(job.record.headers, job.origin_topic, from_tier)
         value = job.value or job.record.value
         logger.info("task %s[%s] due %s: moved to %s", job.message.task if job.message else "?",
                     job.message.id if job.message else "?", _clock(due), topic, extra=job.log_extra())

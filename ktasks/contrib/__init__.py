@@ -1,0 +1,1 @@
+"""Helpers for the frameworks applications enqueue from: :mod:`.django` and :mod:`.sqlalchemy`."""

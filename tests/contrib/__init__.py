@@ -1,0 +1,1 @@
+"""Tests of ktasks.contrib: the Django and SQLAlchemy helpers."""
