@@ -26,7 +26,7 @@ def test_mkdocs_builds_without_warnings(tmp_path: Path) -> None:
     assert out.returncode == 0, log
     assert "WARNING" not in log, log
     for page in ("index", "quickstart", "concepts", "guarantees", "configuration", "cli", "deployment",
-                 "performance", "ledger", "dead-letters", "failure-semantics"):
+                 "performance", "ledger", "dead-letters", "failure-semantics", "protocol"):
         assert (tmp_path / "site" / f"{page}.html").exists(), page
 
 
