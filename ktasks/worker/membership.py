@@ -19,6 +19,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.net.selector import KernelEvent
 
 from ..settings import Settings
+from .joinfix import collect_finished_joins
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,12 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
 
 
 def build_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
-    return KafkaConsumer(**consumer_config(settings, group_id, client_id))
+    consumer = KafkaConsumer(**consumer_config(settings, group_id, client_id))
+    # The worker polls with timeout_ms=0 while busy; without this, kafka-python 3.0 drops
+    # every group join that completes between two polls and rejoins, a rebalance storm
+    # (the cause is explained in joinfix).
+    collect_finished_joins(consumer)
+    return consumer
 
 
 class Listener(AsyncConsumerRebalanceListener):
