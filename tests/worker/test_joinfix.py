@@ -23,7 +23,7 @@ from ktasks.worker.membership import build_consumer
 from tests.helpers import create_topic, wait_until
 
 
-@pytest.mark.parametrize("assignor", ["cooperative-sticky", "range"])
+@pytest.mark.parametrize("assignor", ["balanced", "cooperative-sticky", "range"])
 def test_member_joining_a_busy_member_settles_in_one_rebalance(assignor: str, kafka_bootstrap: str,
                                                               kafka_admin: Any, unique: Any) -> None:
     topic, group = unique("tasks"), unique("group")
