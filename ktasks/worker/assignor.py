@@ -30,11 +30,12 @@ from typing import Any
 
 from kafka import TopicPartition
 from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor, RebalanceProtocol
+from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Member", "Plan", "plan", "BalancedAssignor"]
+__all__ = ["Member", "Plan", "plan", "BalancedAssignor", "UpgradeCompatibleCooperativeSticky"]
 
 # Version 2 of the subscription carries OwnedPartitions (v1+) and GenerationId (v2+): the
 # leader trusts the newest claim when a member that missed a generation still claims a
@@ -235,3 +236,28 @@ class BalancedAssignor(AbstractPartitionAssignor):
             out[member_id] = ConsumerProtocolAssignment(self.version, sorted((t, sorted(ps))
                                                                              for t, ps in by_topic.items()), b"")
         return out
+
+
+class UpgradeCompatibleCooperativeSticky(CooperativeStickyAssignor):
+    """kafka-python's cooperative-sticky, offered second, for a group that still has older workers.
+
+    The broker picks the first protocol every member supports: while a rolling
+    upgrade has workers that only know ``cooperative-sticky`` (the default
+    before ``balanced``), the group keeps using it instead of refusing the new
+    workers. kafka-python only tells the chosen assignor about assignments,
+    so this one claims what the consumer really owns (``bind``), as
+    :class:`BalancedAssignor` does: a group switching to it does not see
+    owned partitions as free.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._current: Callable[[], Iterable[TopicPartition]] | None = None
+
+    def bind(self, current_assignment: Callable[[], Iterable[TopicPartition]]) -> None:
+        self._current = current_assignment
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolSubscription:
+        if self._current is not None:
+            self.member_assignment = list(self._current())
+        return super().metadata(topics)

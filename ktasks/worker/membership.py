@@ -19,7 +19,7 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.net.selector import KernelEvent
 
 from ..settings import Settings
-from .assignor import BalancedAssignor
+from .assignor import BalancedAssignor, UpgradeCompatibleCooperativeSticky
 from .joinfix import collect_finished_joins
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ __all__ = ["build_consumer", "Listener", "assignors"]
 def assignors(name: str) -> list[Any]:
     """Assignor instances for a setting value."""
     if name == "balanced":
-        return [BalancedAssignor()]
+        # cooperative-sticky second: a rolling upgrade from workers that offer only it keeps
+        # one group (the broker picks the first protocol every member supports).
+        return [BalancedAssignor(), UpgradeCompatibleCooperativeSticky()]
     if name == "cooperative-sticky":
         from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
@@ -81,7 +83,7 @@ def build_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaCo
     # (the cause is explained in joinfix).
     collect_finished_joins(consumer)
     for assignor in cfg["partition_assignment_strategy"]:
-        if isinstance(assignor, BalancedAssignor):
+        if isinstance(assignor, (BalancedAssignor, UpgradeCompatibleCooperativeSticky)):
             assignor.bind(consumer.assignment)
     return consumer
 

@@ -10,7 +10,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
-from ktasks.worker.assignor import BalancedAssignor, Member, Plan, plan
+from ktasks.worker.assignor import BalancedAssignor, Member, Plan, UpgradeCompatibleCooperativeSticky, plan
 
 TASKS = {"tasks": 6, "tasks.retry-1s": 6, "tasks.retry-10s": 6, "tasks.retry-60s": 6}
 
@@ -189,3 +189,11 @@ def test_kafka_plugin_round_trip() -> None:
     # A bound consumer's live assignment wins over the last assignment received.
     a.bind(lambda: [TopicPartition("tasks", 0)])
     assert a.metadata({"tasks"}).owned_partitions[0].partitions == [0]
+
+
+def test_cooperative_sticky_offered_second_claims_what_the_consumer_owns() -> None:
+    old = UpgradeCompatibleCooperativeSticky()
+    assert old.name == "cooperative-sticky"
+    old.bind(lambda: [TopicPartition("tasks", 3)])
+    sub = ConsumerProtocolSubscription.decode(old.metadata({"tasks"}).encode())
+    assert [(t.topic, t.partitions) for t in sub.owned_partitions] == [("tasks", [3])]
