@@ -160,8 +160,10 @@ _add("concurrency", int, 0, "Child processes; 0 means the number of CPUs.", G)
 _add("group_id", str, None, "Consumer group; defaults to the app's name.", G, nullable=True)
 _add("group_instance_id", str, None, "Static membership id; a restart within the session timeout keeps "
      "the same partitions without a rebalance.", G, nullable=True)
-_add("assignor", str, "cooperative-sticky", "Partition assignment strategy.", G,
-     choices=("cooperative-sticky", "range", "roundrobin", "sticky"))
+_add("assignor", str, "balanced", "Partition assignment strategy. ``balanced`` (ktasks' own, cooperative) "
+     "balances every task topic and retry tier on its own and moves only what must move; the others are "
+     "kafka-python's, which balance partition counts over all topics together.", G,
+     choices=("balanced", "cooperative-sticky", "range", "roundrobin", "sticky"))
 _add("session_timeout_ms", int, 10000, "A worker silent this long is declared dead and its partitions "
      "move (Kafka's client default is 45000).", G)
 _add("heartbeat_interval_ms", int, 1000, "Heartbeat period; keep below a third of the session timeout.", G)

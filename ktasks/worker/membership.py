@@ -19,6 +19,8 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.net.selector import KernelEvent
 
 from ..settings import Settings
+from .assignor import BalancedAssignor, UpgradeCompatibleCooperativeSticky
+from .joinfix import collect_finished_joins
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,10 @@ __all__ = ["build_consumer", "Listener", "assignors"]
 
 def assignors(name: str) -> list[Any]:
     """Assignor instances for a setting value."""
+    if name == "balanced":
+        # cooperative-sticky second: a rolling upgrade from workers that offer only it keeps
+        # one group (the broker picks the first protocol every member supports).
+        return [BalancedAssignor(), UpgradeCompatibleCooperativeSticky()]
     if name == "cooperative-sticky":
         from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
@@ -70,7 +76,16 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
 
 
 def build_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
-    return KafkaConsumer(**consumer_config(settings, group_id, client_id))
+    cfg = consumer_config(settings, group_id, client_id)
+    consumer = KafkaConsumer(**cfg)
+    # The worker polls with timeout_ms=0 while busy; without this, kafka-python 3.0 drops
+    # every group join that completes between two polls and rejoins, a rebalance storm
+    # (the cause is explained in joinfix).
+    collect_finished_joins(consumer)
+    for assignor in cfg["partition_assignment_strategy"]:
+        if isinstance(assignor, (BalancedAssignor, UpgradeCompatibleCooperativeSticky)):
+            assignor.bind(consumer.assignment)
+    return consumer
 
 
 class Listener(AsyncConsumerRebalanceListener):
