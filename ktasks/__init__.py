@@ -26,6 +26,7 @@ with warnings.catch_warnings():
 
 from .app import App  # noqa: E402
 from .errors import (
+    AuthenticationFailed,
     BrokerUnavailable,
     CommitError,
     ConfigurationError,
@@ -56,7 +57,7 @@ __all__ = [
     "App", "Task", "TaskContext", "SendHandle", "SentRecord", "EagerResult", "Message", "Middleware",
     "Settings", "SETTINGS",
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
-    "MessageTooLarge", "EnqueueError", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
+    "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
     "TaskError", "Retry", "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLost", "PoisonMessage",
     "TaskExpired", "UnsupportedOption", "LedgerError",
 ]

@@ -48,6 +48,12 @@ class EnqueueError(KtasksError):
     retriable = True
 
 
+class AuthenticationFailed(EnqueueError):
+    """Kafka rejected the client's credentials (SASL): retrying will not help until they change."""
+
+    retriable = False
+
+
 class BrokerUnavailable(EnqueueError):
     """The Kafka cluster could not be reached within the configured time."""
 

@@ -35,9 +35,10 @@ import weakref
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, SaslAuthenticationFailedError
 
 from .errors import BrokerUnavailable, EnqueueError
+from .kafka_auth import authentication_failed
 from .message import HEADER_ID, header
 from .producer_recovery import abort_pending, has_fatal_error, install_producer_id_recovery, unusable_reason
 from .settings import Settings
@@ -132,6 +133,8 @@ class ProducerHolder:
             if self._producer is None:
                 try:
                     producer = KafkaProducer(**self.config())
+                except SaslAuthenticationFailedError as exc:
+                    raise authentication_failed(exc, self._settings) from exc
                 except KafkaTimeoutError as exc:
                     raise BrokerUnavailable(
                         f"Kafka at {self._settings.bootstrap_servers} unreachable after "

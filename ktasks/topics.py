@@ -20,9 +20,10 @@ from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, SaslAuthenticationFailedError, TopicAlreadyExistsError
 
 from .errors import BrokerUnavailable, TopicError
+from .kafka_auth import authentication_failed
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,8 @@ class TopicManager:
                            request_timeout_ms=max(self._settings.send_timeout_ms, 5000))
                 try:
                     self._admin = KafkaAdminClient(**cfg)
+                except SaslAuthenticationFailedError as exc:
+                    raise authentication_failed(exc, self._settings) from exc
                 except KafkaTimeoutError as exc:
                     raise BrokerUnavailable(
                         f"Kafka at {self._settings.bootstrap_servers} unreachable after "

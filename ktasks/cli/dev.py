@@ -21,6 +21,7 @@ import click
 
 from ..dev import DEFAULT_PORT, DevBroker, default_state_dir
 from ..dev.cluster import DevCluster, is_cluster_dir
+from ..dev.security import SaslSsl
 from ..errors import DevBrokerError
 
 __all__ = ["COMMANDS", "dev"]
@@ -94,15 +95,22 @@ def dev() -> None:
 @click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Nodes: more than one makes a cluster of combined broker+controller nodes on ports "
                    "PORT, PORT+1, ... with replication factor 3 and min.insync.replicas 2.")
-def up(port: int, data_dir: Path | None, timeout_s: float, brokers: int) -> None:
+@click.option("--sasl-ssl-port", type=click.IntRange(1, 65535), default=None,
+              help="Also listen for SASL_SSL clients on this port: SCRAM-SHA-512 user `ktasks` created at "
+                   "format time, TLS with a throwaway CA (needs the trustme package). Prints the client "
+                   "settings.")
+def up(port: int, data_dir: Path | None, timeout_s: float, brokers: int, sasl_ssl_port: int | None) -> None:
     """Start the broker (downloading Kafka once) and wait until it answers.
 
     Does nothing but print its address if it is already running.
     """
     if brokers > 1 or _cluster(port, data_dir) is not None:
+        if sasl_ssl_port is not None:
+            raise click.UsageError("--sasl-ssl-port is for a single-node broker")
         _cluster_up(port, data_dir, brokers if brokers > 1 else None, timeout_s)
         return
-    broker = DevBroker(port=port, state_dir=data_dir)
+    sasl = SaslSsl(port=sasl_ssl_port) if sasl_ssl_port is not None else None
+    broker = DevBroker(port=port, state_dir=data_dir, sasl_ssl=sasl)
     with _progress():
         started = broker.up(timeout_s=timeout_s)
     status = broker.status()
@@ -111,6 +119,10 @@ def up(port: int, data_dir: Path | None, timeout_s: float, brokers: int) -> None
         click.echo(f"Kafka is up at {broker.bootstrap}{pid}")
     else:
         click.echo(f"Kafka is already running at {broker.bootstrap}{pid}")
+    if broker.sasl_ssl is not None:
+        click.echo(f"SASL_SSL on port {broker.sasl_ssl.port}; client settings:")
+        for name, value in broker.client_settings().items():
+            click.echo(f"  KTASKS_{name.upper()}={value}")
 
 
 def _cluster_up(port: int, data_dir: Path | None, brokers: int | None, timeout_s: float) -> None:
@@ -179,6 +191,8 @@ def status(ctx: click.Context, port: int, data_dir: Path | None, as_json: bool) 
         ("kafka", current.kafka_version),
         ("started", since),
         ("data", str(current.data_dir)),
+        *([("sasl_ssl", f"port {current.sasl_ssl_port}, CA {broker.tls_dir / 'ca.pem'}")]
+          if current.sasl_ssl_port is not None else []),
         ("log", str(current.log_path)),
     ]
     click.echo("Kafka is running")

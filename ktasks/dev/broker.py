@@ -18,6 +18,7 @@ Progress is logged at INFO level on this module's logger.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +40,8 @@ from typing import Any, TextIO
 from .._proc import pid_alive
 from ..errors import DevBrokerError
 from .jars import KAFKA_VERSION, KafkaRuntime, cache_root, file_lock, kafka_runtime
+from .security import LISTENER as SASL_LISTENER
+from .security import SaslSsl, client_settings
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "BrokerStatus", "DevBroker", "NodeConfig", "default_state_dir",
            "free_port"]
@@ -104,6 +107,8 @@ class BrokerStatus:
     """The broker's log file."""
     started_at: float
     """Start time, seconds since the epoch (0.0 if unknown)."""
+    sasl_ssl_port: int | None = None
+    """Port of the SASL_SSL listener, if the broker has one (see :mod:`ktasks.dev.security`)."""
 
 
 @dataclass(frozen=True)
@@ -176,13 +181,14 @@ class DevBroker:
 
     def __init__(self, port: int = DEFAULT_PORT, state_dir: str | os.PathLike[str] | None = None,
                  host: str = DEFAULT_HOST, kafka_version: str = KAFKA_VERSION,
-                 node: NodeConfig | None = None) -> None:
+                 node: NodeConfig | None = None, sasl_ssl: SaslSsl | None = None) -> None:
         if not 0 < port < 65536:
             raise DevBrokerError(f"invalid port {port}")
         self.port = port
         self.host = host
         self.kafka_version = kafka_version
         self.node = node or NodeConfig()
+        self._sasl_ssl = sasl_ssl
         self.state_dir = Path(state_dir if state_dir is not None else default_state_dir(port))
         self.state_dir = self.state_dir.expanduser().resolve()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -197,6 +203,25 @@ class DevBroker:
     def bootstrap(self) -> str:
         """``host:port`` to give clients as ``bootstrap_servers``."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl(self) -> SaslSsl | None:
+        """The SASL_SSL listener: the one given, else the one recorded at the first start, else None."""
+        if self._sasl_ssl is not None:
+            return self._sasl_ssl
+        recorded = self._load_state().get("sasl_ssl")
+        return SaslSsl(**recorded) if isinstance(recorded, dict) else None
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the SASL_SSL listener's CA (``ca.pem``) and broker certificate live."""
+        return self.state_dir / "tls"
+
+    def client_settings(self) -> dict[str, Any]:
+        """ktasks settings that reach this broker: over SASL_SSL when it has that listener."""
+        if self.sasl_ssl is None:
+            return {"bootstrap_servers": self.bootstrap}
+        return client_settings(self.sasl_ssl, self.host, self.tls_dir)
 
     @property
     def data_dir(self) -> Path:
@@ -253,6 +278,7 @@ class DevBroker:
             data_dir=self.data_dir,
             log_path=self.log_path,
             started_at=float(state.get("started_at", 0.0)),
+            sasl_ssl_port=self.sasl_ssl.port if self.sasl_ssl is not None else None,
         )
 
     def is_running(self) -> bool:
@@ -304,17 +330,25 @@ class DevBroker:
             self.pid_path.unlink(missing_ok=True)  # stale: its process is gone
             runtime = kafka_runtime(self.kafka_version)
             _check_port_free(self.host, self.port)
+            if self.sasl_ssl is not None:
+                _check_port_free(self.host, self.sasl_ssl.port)
             state = self._load_state()
             controller_port = self._controller_port(state)
             cluster_id = self.node.cluster_id or self._cluster_id(state)
             self._log4j_path.write_text(_LOG4J2)
             self.config_path.write_text(self._server_properties(controller_port))
-            if not (self.data_dir / "meta.properties").exists():
+            formatted = (self.data_dir / "meta.properties").exists()
+            if formatted and self.sasl_ssl is not None and not state.get("sasl_ssl"):
+                raise DevBrokerError(f"the broker in {self.state_dir} was formatted without a SASL_SSL listener "
+                                     "(its SCRAM user is created at format time); `ktasks dev down --wipe` first")
+            if not formatted:
                 self._format(runtime, cluster_id)
             state.update(version=_STATE_VERSION, host=self.host, port=self.port,
                          controller_port=controller_port, cluster_id=cluster_id,
                          kafka_version=runtime.kafka_version, libs_dir=str(runtime.libs_dir),
                          node_id=self.node.node_id, started_at=time.time())
+            if self.sasl_ssl is not None:
+                state["sasl_ssl"] = dataclasses.asdict(self.sasl_ssl)
             self._save_state(state)
             self._spawn(runtime)
             self._started_at = time.monotonic()
@@ -391,6 +425,12 @@ class DevBroker:
             "group.min.session.timeout.ms": "500",
             "auto.create.topics.enable": "false",
         }
+        if self.sasl_ssl is not None:
+            s = self.sasl_ssl.port
+            props["listeners"] += f",{SASL_LISTENER}://{h}:{s}"
+            props["advertised.listeners"] += f",{SASL_LISTENER}://{h}:{s}"
+            props["listener.security.protocol.map"] += f",{SASL_LISTENER}:{SASL_LISTENER}"
+            props.update(self.sasl_ssl.properties(self.tls_dir))
         props.update(self.node.extra_properties)
         lines = ["# Written by ktasks dev (rewritten at each start)."]
         lines += [f"{key}={value}" for key, value in props.items()]
@@ -404,7 +444,8 @@ class DevBroker:
     def _format(self, runtime: KafkaRuntime, cluster_id: str) -> None:
         logger.info("formatting storage in %s...", self.data_dir)
         cmd = self._java_command(runtime, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                 "-c", str(self.config_path), *self.node.format_args)
+                                 "-c", str(self.config_path), *self.node.format_args,
+                                 *(self.sasl_ssl.format_args() if self.sasl_ssl is not None else ()))
         try:
             proc = subprocess.run(cmd, cwd=self.state_dir, stdin=subprocess.DEVNULL, capture_output=True,
                                   text=True, timeout=_FORMAT_TIMEOUT_S, check=False)
@@ -524,6 +565,7 @@ class DevBroker:
     def _wipe(self) -> None:
         logger.info("wiping %s", self.state_dir)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
         for path in (self.config_path, self._log4j_path, self.log_path,
                      self.log_path.with_name(self.log_path.name + ".1"), self.pid_path, self._state_path):
             path.unlink(missing_ok=True)
