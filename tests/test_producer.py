@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -354,6 +355,7 @@ def test_killing_the_active_controller_loses_no_delay(kafka_cluster, unique):
     calls made once the cluster is whole again are all delivered.
     """
     from ktasks import App
+    from tests.dev.test_broker import run_cli
     from tests.fixtures.app import read_topic
     from tests.fixtures.cluster import restored_node
 
@@ -385,13 +387,21 @@ def test_killing_the_active_controller_loses_no_delay(kafka_cluster, unique):
         producer_thread.start()
         try:
             wait_until(lambda: len(handles) >= 100, 30, message="100 calls before the kill")
+            node_args = ["--node", str(controller), "--port", str(kafka_cluster.port), "--data-dir",
+                         str(kafka_cluster.state_dir)]
             with restored_node(kafka_cluster, controller):
-                kafka_cluster.stop_node(controller, kill=True)
+                stopped = run_cli("dev", "stop", "--kill", *node_args)  # kill -9, through the CLI
+                assert stopped.exit_code == 0 and "stopped" in stopped.stdout, stopped.output
                 killed_at = time.monotonic()
+                status = json.loads(run_cli("dev", "status", "--json", *node_args[2:]).stdout)
+                assert [n["role"] for n in status["nodes"] if n["node"] == controller] == ["stopped"]
                 # Down until a sent batch expired (delivery_timeout_ms, 10 s) in the ~12 s failover,
                 # or 20 s at most, as in the runs that found the hang.
                 wait_until(lambda: time.monotonic() - killed_at > 20
                            or any(h._future.is_done and not h._future.succeeded() for h in handles), 60)
+                started = run_cli("dev", "start", "--timeout", "180", *node_args)
+                assert started.exit_code == 0 and "started" in started.stdout, started.output
+            assert json.loads(run_cli("dev", "status", "--json", *node_args[2:]).stdout)["running"] is True
             phase["name"] = "after"
             wait_until(lambda: len(after_restart) >= 100, 30, message="100 calls after the restart")
         finally:
