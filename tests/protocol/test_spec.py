@@ -48,11 +48,13 @@ def test_the_spec_names_every_field_the_decoder_reads() -> None:
 
 
 def test_the_spec_names_every_field_the_encoder_writes_in_its_order() -> None:
-    written = list(Message(task="t").to_dict())
+    written = list(Message(task="t", expires=1.0).to_dict())  # every field, the optional ones set
     table = re.findall(r"^\| `(\w+)` \| ", SPEC.split("\n## The envelope\n", 1)[1].split("\n### ", 1)[0],
                        flags=re.M)
     assert table == written
-    assert all(list(json.loads(p.read_text())["envelope"]) == written for p in (VECTORS / "valid").glob("*.json"))
+    envelopes = [list(json.loads(p.read_text())["envelope"]) for p in (VECTORS / "valid").glob("*.json")]
+    assert all(fields == written[:len(fields)] for fields in envelopes)
+    assert written in envelopes, "a vector sets every field"
 
 
 _HEADER_NAME = re.compile(r"(ktasks-|kafka_dlt-)[a-z0-9-]*[a-z0-9]")
