@@ -59,6 +59,7 @@ type Envelope struct {
 	IdempotencyKey string  // "" is written as nil: the ledger then uses the id
 	Created        float64 // seconds since the epoch
 	Due            *float64
+	Expires        *float64 // written as exp only when set
 }
 
 // NewID returns a fresh task id: a random (version 4) UUID as 32 lowercase hex digits.
@@ -72,7 +73,8 @@ func NewID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// Encode returns the envelope's msgpack bytes: the 9 fields in order, created and due always float64.
+// Encode returns the envelope's msgpack bytes: the 9 fields in order (then exp when set), created, due
+// and exp always float64.
 func (e *Envelope) Encode() ([]byte, error) {
 	if e.Task == "" {
 		return nil, encodeErr("task name must not be empty")
@@ -83,10 +85,17 @@ func (e *Envelope) Encode() ([]byte, error) {
 	if math.IsNaN(e.Created) || math.IsInf(e.Created, 0) || (e.Due != nil && (math.IsNaN(*e.Due) || math.IsInf(*e.Due, 0))) {
 		return nil, encodeErr("task %s: created and due must be finite", e.Task)
 	}
+	fields := 9
+	if e.Expires != nil {
+		if *e.Expires <= e.Created || (e.Due != nil && *e.Expires <= *e.Due) || math.IsInf(*e.Expires, 0) {
+			return nil, encodeErr("task %s: expires is not after the time the task is due, so it would never run", e.Task)
+		}
+		fields = 10
+	}
 	var buf bytes.Buffer
 	enc := msgpack.NewEncoder(&buf)
 	w := &writer{enc: enc, buf: &buf}
-	w.check(enc.EncodeMapLen(9))
+	w.check(enc.EncodeMapLen(fields))
 	w.key("v")
 	w.check(enc.EncodeInt(FormatVersion))
 	w.key("id")
@@ -119,6 +128,10 @@ func (e *Envelope) Encode() ([]byte, error) {
 		w.check(enc.EncodeNil())
 	} else {
 		w.check(enc.EncodeFloat64(*e.Due))
+	}
+	if e.Expires != nil {
+		w.key("exp")
+		w.check(enc.EncodeFloat64(*e.Expires))
 	}
 	if w.err != nil {
 		return nil, w.err
@@ -258,11 +271,12 @@ func shorten(s string) string {
 
 // Options are enqueue's optional settings.
 type Options struct {
-	Topic          string   // the task topic; default: the Client's
-	Key            []byte   // routing key: the same key always lands on the same partition
-	TaskID         string   // default: NewID()
-	IdempotencyKey string   // names the execution in the worker's ledger; default: the task id
-	Headers        []Header // more headers, after the reserved three; never a reserved name
+	Topic          string    // the task topic; default: the Client's
+	Key            []byte    // routing key: the same key always lands on the same partition
+	TaskID         string    // default: NewID()
+	IdempotencyKey string    // names the execution in the worker's ledger; default: the task id
+	Headers        []Header  // more headers, after the reserved three; never a reserved name
+	Expires        time.Time // not run after this time (the zero time: never expires)
 }
 
 // Record is a task message ready to send.
@@ -282,6 +296,10 @@ func BuildRecord(task string, args []any, kwargs map[string]any, opts Options, c
 	}
 	env := Envelope{ID: id, Task: task, Args: args, Kwargs: kwargs, IdempotencyKey: opts.IdempotencyKey,
 		Created: created, Due: due}
+	if !opts.Expires.IsZero() {
+		exp := float64(opts.Expires.UnixMicro()) / 1e6
+		env.Expires = &exp
+	}
 	value, err := env.Encode()
 	if err != nil {
 		return nil, err

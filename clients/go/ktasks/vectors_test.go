@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -74,6 +75,13 @@ func TestVectors(t *testing.T) {
 			var due *float64
 			if d, ok := field(t, v, "due").(float64); ok {
 				due = &d
+			}
+			if raw, ok := v.Envelope["exp"]; ok {
+				exp, err := tagged.Parse(raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				opts.Expires = time.UnixMicro(int64(math.Round(exp.(float64) * 1e6)))
 			}
 			kwargs, _ := field(t, v, "kwargs").(map[string]any)
 			rec, err := ktasks.BuildRecord(field(t, v, "task").(string), field(t, v, "args").([]any), kwargs, opts,
@@ -171,6 +179,7 @@ func TestWhatHasNoWireFormIsRefusedNamingTheArgument(t *testing.T) {
 		`"not a number" is not a decimal number`:                       {args: []any{ktasks.Decimal("not a number")}},
 		`header "ktasks-force" is reserved for ktasks`:                 {opts: ktasks.Options{Headers: []ktasks.Header{{Key: "ktasks-force", Value: []byte("1")}}}},
 		`header "KAFKA_DLT-original-topic" is reserved`:                {opts: ktasks.Options{Headers: []ktasks.Header{{Key: "KAFKA_DLT-original-topic"}}}},
+		"would never run": {opts: ktasks.Options{Expires: time.Unix(1733300000, 0)}},
 	}
 	for want, c := range cases {
 		_, err := build(c.args, c.kwargs, c.opts)

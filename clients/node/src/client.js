@@ -61,7 +61,7 @@ class Client {
 
   /**
    * Enqueue task(*args, **kwargs); resolves once the broker stored it (acks=all).
-   * options: topic, key, taskId, idempotencyKey, headers (see docs/protocol.md).
+   * options: topic, key, taskId, idempotencyKey, headers, expires (see docs/protocol.md).
    * @returns {Promise<{id: string, topic: string, partition: number, offset: string}>}
    */
   async enqueue(task, args = [], kwargs = {}, options = {}) {

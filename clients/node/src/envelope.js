@@ -134,9 +134,9 @@ function field(name, bytes) {
 }
 
 /**
- * The envelope's msgpack bytes. Fields in the spec's order; `created` and `due` always float64.
+ * The envelope's msgpack bytes. Fields in the spec's order; `created`, `due` and `exp` always float64.
  * @param {{id: string, task: string, args: Array, kwargs: object, ikey?: string|null,
- *          created: number, due?: number|null}} e
+ *          created: number, due?: number|null, exp?: number|null}} e
  */
 function encodeEnvelope(e) {
   if (typeof e.task !== 'string' || e.task === '') {
@@ -156,7 +156,7 @@ function encodeEnvelope(e) {
   if (typeof kwargs !== 'object' || Array.isArray(kwargs)) {
     throw new EncodeError(`task ${e.task}: kwargs must be an object (or a Map with string keys)`);
   }
-  for (const [name, value] of [['created', e.created], ['due', e.due]]) {
+  for (const [name, value] of [['created', e.created], ['due', e.due], ['exp', e.exp]]) {
     if (value !== null && value !== undefined && (typeof value !== 'number' || !Number.isFinite(value))) {
       throw new EncodeError(`task ${e.task}: ${name} must be a finite number of seconds since the epoch`);
     }
@@ -164,10 +164,14 @@ function encodeEnvelope(e) {
   if (typeof e.created !== 'number') {
     throw new EncodeError(`task ${e.task}: created is required`);
   }
+  const exp = e.exp === undefined ? null : e.exp;
+  if (exp !== null && exp <= Math.max(e.created, e.due || 0)) {
+    throw new EncodeError(`task ${e.task}: expires is not after the time the task is due, so it would never run`);
+  }
   const args = e.args.map((v, i) => prepare(v, `task ${e.task}: positional argument ${i}`, 1));
   const kw = prepare(kwargs, `task ${e.task}: keyword arguments`, 0);
   const parts = [
-    Buffer.from([0x89]), // a map of the 9 fields
+    Buffer.from([exp === null ? 0x89 : 0x8a]), // a map of the 9 fields, and exp when set
     ...field('v', encode(FORMAT_VERSION)),
     ...field('id', encode(e.id)),
     ...field('task', encode(e.task)),
@@ -177,6 +181,7 @@ function encodeEnvelope(e) {
     ...field('ikey', encode(ikey)),
     ...field('created', float64(e.created)),
     ...field('due', e.due === null || e.due === undefined ? encode(null) : float64(e.due)),
+    ...(exp === null ? [] : field('exp', float64(exp))),
   ];
   return Buffer.concat(parts);
 }
@@ -206,14 +211,16 @@ function buildHeaders(task, id, callerHeaders) {
 
 /**
  * Value, key and headers of the record that enqueues task(*args, **kwargs).
- * options: taskId, idempotencyKey, key (string or bytes), headers (object or Map), created, due
- * (seconds since the epoch; created defaults to now).
+ * options: taskId, idempotencyKey, key (string or bytes), headers (object or Map), expires (a Date, or
+ * seconds since the epoch: not run after then), created, due (seconds since the epoch; created
+ * defaults to now).
  */
 function buildRecord(task, args = [], kwargs = {}, options = {}) {
   const id = options.taskId === undefined || options.taskId === null ? newId() : options.taskId;
+  const exp = options.expires instanceof Date ? options.expires.getTime() / 1000 : options.expires;
   const value = encodeEnvelope({
     id, task, args, kwargs, ikey: options.idempotencyKey,
-    created: options.created === undefined ? Date.now() / 1000 : options.created, due: options.due,
+    created: options.created === undefined ? Date.now() / 1000 : options.created, due: options.due, exp,
   });
   let key = null;
   if (options.key !== undefined && options.key !== null) {

@@ -35,6 +35,7 @@ for (const v of valid) {
       headers: new Map(v.caller_headers),
       created: fromTagged(e.created),
       due: e.due === null ? null : fromTagged(e.due),
+      expires: e.exp === undefined ? undefined : fromTagged(e.exp),
     });
     assert.equal(record.value.toString('hex'), v.value);
     assert.deepEqual(record.key, v.key === null ? null : Buffer.from(v.key));
@@ -96,6 +97,7 @@ test('reserved headers, bad keys and envelope fields are refused', () => {
   assert.throws(() => buildRecord('', [], {}, OPTS), /task name must be a non-empty string/);
   assert.throws(() => buildRecord('t', { 0: 1 }, {}, OPTS), /args must be an array/);
   assert.throws(() => buildRecord('t', [], [1], OPTS), /kwargs must be an object/);
+  assert.throws(() => buildRecord('t', [], {}, { ...OPTS, expires: OPTS.created }), /would never run/);
 });
 
 test('a fresh id is 32 hex digits of a version 4 UUID', () => {

@@ -74,7 +74,7 @@ public final class Envelope {
     public static TaskRecord buildRecord(String task, List<?> args, Map<String, ?> kwargs, Options options,
                                          double created, Double due) {
         String id = options.taskId == null || options.taskId.isEmpty() ? newId() : options.taskId;
-        byte[] value = encode(id, task, args, kwargs, options.idempotencyKey, created, due);
+        byte[] value = encode(id, task, args, kwargs, options.idempotencyKey, created, due, options.expires);
         List<Header> headers = new ArrayList<>();
         headers.add(Header.of(HEADER_TASK, task));
         headers.add(Header.of(HEADER_ID, id));
@@ -91,9 +91,12 @@ public final class Envelope {
         return new TaskRecord(id, value, options.key, List.copyOf(headers));
     }
 
-    /** The envelope's msgpack bytes: the 9 fields in the spec's order, created and due always float64. */
+    /**
+     * The envelope's msgpack bytes: the 9 fields in the spec's order, then exp when {@code exp} is not
+     * null; created, due and exp always float64.
+     */
     public static byte[] encode(String id, String task, List<?> args, Map<String, ?> kwargs, String ikey,
-                                double created, Double due) {
+                                double created, Double due, Double exp) {
         if (task == null || task.isEmpty()) {
             throw new EncodeException("task name must be a non-empty string");
         }
@@ -103,8 +106,12 @@ public final class Envelope {
         if (!Double.isFinite(created) || (due != null && !Double.isFinite(due))) {
             throw new EncodeException("task " + task + ": created and due must be finite");
         }
+        if (exp != null && (!Double.isFinite(exp) || exp <= created || (due != null && exp <= due))) {
+            throw new EncodeException("task " + task + ": expires is not after the time the task is due, so it "
+                + "would never run");
+        }
         try (MessageBufferPacker p = MessagePack.newDefaultBufferPacker()) {
-            p.packMapHeader(9);
+            p.packMapHeader(exp == null ? 9 : 10);
             p.packString("v").packInt(FORMAT_VERSION);
             p.packString("id").packString(id);
             p.packString("task").packString(task);
@@ -130,6 +137,9 @@ public final class Envelope {
                 p.packNil();
             } else {
                 p.packDouble(due);
+            }
+            if (exp != null) {
+                p.packString("exp").packDouble(exp);
             }
             return p.toByteArray();
         } catch (IOException e) {

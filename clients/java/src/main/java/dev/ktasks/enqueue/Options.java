@@ -10,6 +10,7 @@ public final class Options {
     byte[] key;
     String taskId;
     String idempotencyKey;
+    Double expires;
     final List<Header> headers = new ArrayList<>();
 
     /** The task topic; default: the producer's. */
@@ -38,6 +39,12 @@ public final class Options {
     /** Names the execution in the worker's ledger; default: the task id. */
     public Options idempotencyKey(String idempotencyKey) {
         this.idempotencyKey = idempotencyKey;
+        return this;
+    }
+
+    /** Not run after this time: a worker that takes the task later dead-letters it as expired. */
+    public Options expires(java.time.Instant expires) {
+        this.expires = expires == null ? null : expires.getEpochSecond() + expires.getNano() / 1000 / 1e6;
         return this;
     }
 

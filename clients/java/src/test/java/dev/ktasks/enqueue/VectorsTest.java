@@ -64,6 +64,9 @@ class VectorsTest {
         if (!v.get("key").isNull()) {
             options.key(v.get("key").asText());
         }
+        if (e.has("exp")) {
+            options.expires = (Double) Tagged.convert(e.get("exp"));
+        }
         v.get("caller_headers").forEach(h -> options.header(h.get(0).asText(), h.get(1).asText()));
         Object due = Tagged.convert(e.get("due"));
         TaskRecord rec = Envelope.buildRecord(e.get("task").asText(), (List<Object>) Tagged.convert(e.get("args")),
@@ -129,7 +132,8 @@ class VectorsTest {
             "header \"ktasks-replay\" is reserved for ktasks",
             () -> build(List.of(), Map.of(), new Options().header("ktasks-replay", "1")),
             "header \"Kafka_DLT-original-topic\" is reserved",
-            () -> build(List.of(), Map.of(), new Options().header("Kafka_DLT-original-topic", "x")));
+            () -> build(List.of(), Map.of(), new Options().header("Kafka_DLT-original-topic", "x")),
+            "would never run", () -> build(List.of(), Map.of(), new Options().expires(Instant.ofEpochSecond(1733300000))));
         cases.forEach((want, call) -> {
             EncodeException err = assertThrows(EncodeException.class, call::run, want);
             assertTrue(err.getMessage().contains(want), err.getMessage() + " should say " + want);
