@@ -39,7 +39,11 @@ def test_a_row_of_an_open_transaction_is_never_claimed_even_below_a_committed_id
     # PostgreSQL only: SQLite has one writer, so a lower id cannot commit after a higher one there.
     import psycopg
 
+    from ktasks.appdb import create_schema
+
     appdb = AppDb("postgresql", pg_dsn, lambda: psycopg.connect(pg_dsn))
+    with psycopg.connect(pg_dsn) as conn:
+        create_schema(conn)
     early = appdb.connect()
     [low] = [offline_app.outbox(early).delay("shop.confirm", 1).row_id]  # type: ignore[union-attr]
     [high] = _write(offline_app, appdb, None)
