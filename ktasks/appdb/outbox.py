@@ -84,8 +84,13 @@ class Outbox:
         headers: Mapping[str, str | bytes] | None = None,
         topic: str | None = None,
         countdown_s: float | None = None,
+        eta: Any = None,
+        expires: Any = None,
+        **options: Any,
     ) -> OutboxEntry | EagerResult:
         """Like ``task.apply_async(...)``: the same options, checks and errors, through the outbox.
+
+        ``countdown_s``/``eta`` and ``expires`` count from this call, not from the publish.
 
         In eager mode the task runs at once, as ``delay()`` does, whatever
         becomes of the transaction.
@@ -95,7 +100,7 @@ class Outbox:
             topic = task.topic
         record = self.app.build_record(name, args, kwargs, key=key, task_id=task_id,
                                        idempotency_key=idempotency_key, headers=headers, topic=topic,
-                                       countdown_s=countdown_s)
+                                       countdown_s=countdown_s, eta=eta, expires=expires, **options)
         if self.app.settings.eager:
             from ..message import decode
 

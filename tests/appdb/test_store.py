@@ -39,7 +39,11 @@ def test_a_row_of_an_open_transaction_is_never_claimed_even_below_a_committed_id
     # PostgreSQL only: SQLite has one writer, so a lower id cannot commit after a higher one there.
     import psycopg
 
+    from ktasks.appdb import create_schema
+
     appdb = AppDb("postgresql", pg_dsn, lambda: psycopg.connect(pg_dsn))
+    with psycopg.connect(pg_dsn) as conn:
+        create_schema(conn)
     early = appdb.connect()
     [low] = [offline_app.outbox(early).delay("shop.confirm", 1).row_id]  # type: ignore[union-attr]
     [high] = _write(offline_app, appdb, None)
@@ -109,3 +113,26 @@ def test_unsupported_dsn_is_a_clear_error(dsn: str, text: str) -> None:
 def test_redact_dsn_hides_passwords(tmp_path: Any) -> None:
     assert redact_dsn("postgresql://app:s3cret@db/x") == "postgresql://app:***@db/x"
     assert redact_dsn("host=db password=s3cret dbname=x") == "host=db password=*** dbname=x"
+
+
+def test_rows_kafka_does_not_acknowledge_stay_in_the_outbox(closed_port: int, tmp_path: Any,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    from ktasks.relay import Relay
+
+    app = App("shop", bootstrap_servers=f"127.0.0.1:{closed_port}", send_timeout_ms=300,
+              auto_create_topics=False)
+
+    @app.task(name="shop.confirm")
+    def confirm(n: int) -> None: ...
+
+    path = tmp_path / "app.sqlite3"
+    db = AppDb("sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path))
+    relay = Relay(app, db.dsn)  # creates the table
+    _write(app, db, "a", "a", None)
+    published, left = relay.relay_batch()
+    relay.close()
+    assert (published, left) == (0, 3) and db.count() == 3  # nothing deleted that Kafka did not take
+    assert "was not published" in caplog.text and "stays in the outbox" in caplog.text
+    app.close(timeout_s=1)
