@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from ktasks.worker.offsetmap import decode
 from tests.fixtures.worker import Project, WorkerProc, wait_effects
 from tests.helpers import wait_until
 
@@ -145,4 +146,40 @@ def test_sigterm_during_a_join_loses_and_repeats_nothing(project: Any, kafka_adm
     assert a.wait() == 0, a.log()[-3000:]
     wait_shares(kafka_admin, p, [b], 2, SESSION_TIMEOUT_MS / 1000 + 10)
     assert_each_ran_once(p, 400)
+    assert b.stop() == 0
+
+
+SLOW_FIRST = """
+@app.task
+def work(n, sleep_s=0.05):
+    if n == 0 and not os.path.exists(EFFECTS + ".slow"):
+        open(EFFECTS + ".slow", "w").close()
+        effect("slow", n=n)
+        time.sleep(600)           # holds the committed offset until the worker is killed
+    time.sleep(sleep_s)
+    effect("ran", n=n)
+"""
+
+
+def test_next_owner_skips_what_finished_above_a_slow_record(project: Any, kafka_admin: Any) -> None:
+    p = project(SLOW_FIRST, partitions=1, **SETTINGS)
+    a = start(p, "a")
+    wait_shares(kafka_admin, p, [a], 1, 60)
+    enqueue(p, 30)
+    wait_effects(p, "slow", 1)
+    wait_effects(p, "ran", 29)                  # everything after the slow record finished
+    # Committed: offset 0 (the slow record), with offsets 1..29 in the commit's metadata.
+    def committed_map() -> frozenset[int]:
+        om = kafka_admin.list_group_offsets({p.group: None}).get(p.group, {})
+        return frozenset().union(*(decode(o.metadata, 0) for tp, o in om.items() if tp.topic == p.topic
+                                   and o.offset == 0))
+
+    wait_until(lambda: committed_map() == set(range(1, 30)), 30, message="offset 0 committed with 1..29 in its map")
+    a.kill()                                    # the host dies; b has a ledger of its own
+    b = start(p, "b")
+    wait_effects(p, "ran", 30, timeout_s=120)   # b runs the slow record again...
+    runs = Counter(e["n"] for e in p.effects("ran"))
+    assert runs[0] == 1
+    # ...and none of those a had finished above it.
+    assert all(runs[n] == 1 for n in range(1, 30)), {n: c for n, c in runs.items() if c > 1}
     assert b.stop() == 0
