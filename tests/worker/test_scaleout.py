@@ -48,6 +48,14 @@ def start(p: Project, name: str) -> WorkerProc:
     return p.worker("-c", "2", "--ledger", str(p.dir / f"ledger-{name}.sqlite3"))
 
 
+def busy_worker(admin: Any, p: Project, partitions: int, count: int) -> WorkerProc:
+    """Worker ``a``, owning every task partition, with ``count`` tasks enqueued for it."""
+    a = start(p, "a")
+    wait_shares(admin, p, [a], partitions, 60)
+    enqueue(p, count)
+    return a
+
+
 def enqueue(p: Project, count: int, sleep_s: float = 0.05) -> None:
     for n in range(count):
         p.app_module.work.apply_async(args=(n,), kwargs={"sleep_s": sleep_s}, key=f"k{n}")
@@ -87,9 +95,7 @@ def log_time(w: WorkerProc, text: str) -> float:
 
 def test_worker_joining_a_busy_worker_gets_its_share(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=2, **SETTINGS)
-    a = start(p, "a")
-    wait_shares(kafka_admin, p, [a], 2, 60)
-    enqueue(p, 600)
+    a = busy_worker(kafka_admin, p, 2, 600)
     wait_effects(p, "ran", 40)                                # a is busy on both partitions
     b = start(p, "b")
     b.wait_for_log("joining group", 60)
@@ -117,9 +123,7 @@ def test_worker_joining_a_busy_worker_gets_its_share(project: Any, kafka_admin: 
 def test_three_workers_join_one_after_another_under_load(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=6, **SETTINGS)
     count = 1500
-    workers = [start(p, "a")]
-    wait_shares(kafka_admin, p, workers, 6, 60)
-    enqueue(p, count)
+    workers = [busy_worker(kafka_admin, p, 6, count)]
     for name in ("b", "c"):
         wait_effects(p, "ran", len(p.effects("ran")) + 30)     # the group is busy when the next one joins
         workers.append(start(p, name))
@@ -134,9 +138,7 @@ def test_three_workers_join_one_after_another_under_load(project: Any, kafka_adm
 
 def test_sigterm_during_a_join_loses_and_repeats_nothing(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=2, **SETTINGS)
-    a = start(p, "a")
-    wait_shares(kafka_admin, p, [a], 2, 60)
-    enqueue(p, 400)
+    a = busy_worker(kafka_admin, p, 2, 400)
     wait_effects(p, "ran", 40)
     b = start(p, "b")
     # a is told to stop while b joins: the group is rebalancing.
@@ -163,9 +165,7 @@ def work(n, sleep_s=0.05):
 
 def test_next_owner_skips_what_finished_above_a_slow_record(project: Any, kafka_admin: Any) -> None:
     p = project(SLOW_FIRST, partitions=1, **SETTINGS)
-    a = start(p, "a")
-    wait_shares(kafka_admin, p, [a], 1, 60)
-    enqueue(p, 30)
+    a = busy_worker(kafka_admin, p, 1, 30)
     wait_effects(p, "slow", 1)
     wait_effects(p, "ran", 29)                  # everything after the slow record finished
     # Committed: offset 0 (the slow record), with offsets 1..29 in the commit's metadata.
