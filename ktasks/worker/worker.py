@@ -33,6 +33,7 @@ from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import TaskEvent
 from ..readiness import wait_for_cluster
+from . import offsetmap
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
@@ -169,6 +170,7 @@ class Worker:
         self._commit_failing_since: float | None = None
         self._commit_failures = 0
         self._idle_polls = 0
+        self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
         self._published_end: dict[TopicPartition, int] = {}
         self._pid = os.getpid()
         faults.configure(self.settings.faults)
@@ -305,6 +307,10 @@ class Worker:
             if ps.hold_until is not None:
                 break
             ps.tracker.add(record.offset)
+            if ps.tracker.finished_earlier(record.offset):
+                # A previous owner finished it above a slower record (its commit's offset map).
+                ps.tracker.done(record.offset)
+                continue
             self._seq += 1
             marks = trusted_marks(record.headers, on_ktasks_topic=tp.topic in self._retry_topics)
             job = Job(self._seq, ps, record, None, None, marks.origin_topic or origin, force=marks.force)
@@ -679,7 +685,7 @@ class Worker:
         self._next_commit = now + self.settings.commit_interval_ms / 1000.0
         targets = [self.partitions[tp] for tp in (only if only is not None else list(self.partitions))
                    if tp in self.partitions]
-        offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, "", -1)
+        offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
                    for ps in targets if ps.tracker.needs_commit()}
         if not offsets:
             return True
@@ -702,7 +708,7 @@ class Worker:
         for tp, om in offsets.items():
             ps = self.partitions.get(tp)
             if ps is not None:
-                ps.tracker.mark_committed(om.offset)
+                ps.tracker.mark_committed(om.offset, om.metadata)
                 for offset in [o for o in ps.finished if o < om.offset]:
                     del ps.finished[offset]
                     self.stats.committed += 1
@@ -819,7 +825,9 @@ class Worker:
         failures = 0
         while True:
             try:
-                return self.consumer.committed(tp)
+                found = self.consumer.committed(tp, metadata=True)
+                self._offset_maps[tp] = found.metadata if found is not None else ""
+                return found.offset if found is not None else None
             except KafkaError as exc:
                 failures += 1
                 if self._stop:
@@ -842,7 +850,8 @@ class Worker:
             self.partitions[tp] = PartitionState(tp, self._epoch)
         else:
             self.consumer.seek(tp, committed)
-            self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed))
+            earlier = offsetmap.decode(self._offset_maps.pop(tp, ""), committed)
+            self.partitions[tp] = PartitionState(tp, self._epoch, tracker=OffsetTracker(committed, earlier))
 
     def _on_revoked(self, tps: list[TopicPartition]) -> None:
         with self._lock:

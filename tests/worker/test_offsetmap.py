@@ -77,3 +77,34 @@ def test_the_fallback_keeps_as_many_as_fit(seed: int) -> None:
     assert sorted(decode(text, 0)) == finished[:kept]
     if kept < len(finished):
         assert len(encode(0, finished[:kept + 1], max_chars=10**9)) > limit, "one more would have fit"
+
+
+def test_tracker_carries_the_map_and_commits_when_only_the_map_grows() -> None:
+    from ktasks.worker.offsets import OffsetTracker
+
+    t = OffsetTracker(10)
+    for o in range(10, 15):
+        t.add(o)
+    t.done(12)
+    assert t.committable == 10 and t.needs_commit()
+    t.mark_committed(10, t.offset_map())
+    assert not t.needs_commit()
+    t.done(13)                                   # the offset stays, the map grows: commit again
+    assert t.needs_commit() and decode(t.offset_map(), 10) == {12, 13}
+
+
+def test_tracker_of_a_new_owner_knows_what_finished_earlier() -> None:
+    from ktasks.worker.offsets import OffsetTracker
+
+    t = OffsetTracker(10, finished_earlier={8, 12, 13, 20})
+    assert t.finished_earlier(12) and not t.finished_earlier(11) and not t.finished_earlier(8)
+    # Not taken yet, still carried: a commit before they come again must not forget them.
+    assert decode(t.offset_map(), 10) == {12, 13, 20}
+    for o in (10, 11, 12, 13):
+        t.add(o)
+    t.done(12)
+    t.done(13)
+    t.done(10)
+    assert t.committable == 11 and decode(t.offset_map(), 11) == {12, 13, 20}
+    t.done(11)
+    assert t.committable == 14 and decode(t.offset_map(), 14) == {20}

@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from ktasks.worker.offsetmap import decode
 from tests.fixtures.worker import Project, WorkerProc, wait_effects
 from tests.helpers import wait_until
 
@@ -45,6 +46,14 @@ def owners(admin: Any, group: str, topic: str) -> dict[int, list[int]]:
 
 def start(p: Project, name: str) -> WorkerProc:
     return p.worker("-c", "2", "--ledger", str(p.dir / f"ledger-{name}.sqlite3"))
+
+
+def busy_worker(admin: Any, p: Project, partitions: int, count: int) -> WorkerProc:
+    """Worker ``a``, owning every task partition, with ``count`` tasks enqueued for it."""
+    a = start(p, "a")
+    wait_shares(admin, p, [a], partitions, 60)
+    enqueue(p, count)
+    return a
 
 
 def enqueue(p: Project, count: int, sleep_s: float = 0.05) -> None:
@@ -86,9 +95,7 @@ def log_time(w: WorkerProc, text: str) -> float:
 
 def test_worker_joining_a_busy_worker_gets_its_share(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=2, **SETTINGS)
-    a = start(p, "a")
-    wait_shares(kafka_admin, p, [a], 2, 60)
-    enqueue(p, 600)
+    a = busy_worker(kafka_admin, p, 2, 600)
     wait_effects(p, "ran", 40)                                # a is busy on both partitions
     b = start(p, "b")
     b.wait_for_log("joining group", 60)
@@ -116,9 +123,7 @@ def test_worker_joining_a_busy_worker_gets_its_share(project: Any, kafka_admin: 
 def test_three_workers_join_one_after_another_under_load(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=6, **SETTINGS)
     count = 1500
-    workers = [start(p, "a")]
-    wait_shares(kafka_admin, p, workers, 6, 60)
-    enqueue(p, count)
+    workers = [busy_worker(kafka_admin, p, 6, count)]
     for name in ("b", "c"):
         wait_effects(p, "ran", len(p.effects("ran")) + 30)     # the group is busy when the next one joins
         workers.append(start(p, name))
@@ -133,9 +138,7 @@ def test_three_workers_join_one_after_another_under_load(project: Any, kafka_adm
 
 def test_sigterm_during_a_join_loses_and_repeats_nothing(project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=2, **SETTINGS)
-    a = start(p, "a")
-    wait_shares(kafka_admin, p, [a], 2, 60)
-    enqueue(p, 400)
+    a = busy_worker(kafka_admin, p, 2, 400)
     wait_effects(p, "ran", 40)
     b = start(p, "b")
     # a is told to stop while b joins: the group is rebalancing.
@@ -145,4 +148,38 @@ def test_sigterm_during_a_join_loses_and_repeats_nothing(project: Any, kafka_adm
     assert a.wait() == 0, a.log()[-3000:]
     wait_shares(kafka_admin, p, [b], 2, SESSION_TIMEOUT_MS / 1000 + 10)
     assert_each_ran_once(p, 400)
+    assert b.stop() == 0
+
+
+SLOW_FIRST = """
+@app.task
+def work(n, sleep_s=0.05):
+    if n == 0 and not os.path.exists(EFFECTS + ".slow"):
+        open(EFFECTS + ".slow", "w").close()
+        effect("slow", n=n)
+        time.sleep(600)           # holds the committed offset until the worker is killed
+    time.sleep(sleep_s)
+    effect("ran", n=n)
+"""
+
+
+def test_next_owner_skips_what_finished_above_a_slow_record(project: Any, kafka_admin: Any) -> None:
+    p = project(SLOW_FIRST, partitions=1, **SETTINGS)
+    a = busy_worker(kafka_admin, p, 1, 30)
+    wait_effects(p, "slow", 1)
+    wait_effects(p, "ran", 29)                  # everything after the slow record finished
+    # Committed: offset 0 (the slow record), with offsets 1..29 in the commit's metadata.
+    def committed_map() -> frozenset[int]:
+        om = kafka_admin.list_group_offsets({p.group: None}).get(p.group, {})
+        return frozenset().union(*(decode(o.metadata, 0) for tp, o in om.items() if tp.topic == p.topic
+                                   and o.offset == 0))
+
+    wait_until(lambda: committed_map() == set(range(1, 30)), 30, message="offset 0 committed with 1..29 in its map")
+    a.kill()                                    # the host dies; b has a ledger of its own
+    b = start(p, "b")
+    wait_effects(p, "ran", 30, timeout_s=120)   # b runs the slow record again...
+    runs = Counter(e["n"] for e in p.effects("ran"))
+    assert runs[0] == 1
+    # ...and none of those a had finished above it.
+    assert all(runs[n] == 1 for n in range(1, 30)), {n: c for n, c in runs.items() if c > 1}
     assert b.stop() == 0
