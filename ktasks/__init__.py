@@ -39,6 +39,7 @@ from .errors import (
     PoisonMessage,
     Retry,
     SoftTimeLimitExceeded,
+    TaskCancelled,
     TaskError,
     TaskExpired,
     TaskNotRegistered,
@@ -59,7 +60,7 @@ __all__ = [
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
     "TaskError", "Retry", "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLost", "PoisonMessage",
-    "TaskExpired", "UnsupportedOption", "LedgerError",
+    "TaskExpired", "TaskCancelled", "UnsupportedOption", "LedgerError",
 ]
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
@@ -144,6 +145,9 @@ class App:
                 # only run it if the module defines it identically at import time.
                 logger.debug("task %s is defined in a function", name)
             opts = TaskOptions.build(name, options)
+            if opts.ledger_transaction and inspect.iscoroutinefunction(func):
+                raise ConfigurationError(f"task {name!r}: ledger_transaction=True is not supported for async def "
+                                         "tasks (the SQLite transaction would be held across awaits)")
             existing = self.tasks.get(name)
             if existing is not None and existing.fn.__code__ is not getattr(func, "__code__", None):
                 logger.warning("task %s registered twice; the later definition wins", name)

@@ -26,6 +26,9 @@ through Kafka (ordering by key, partitions, offsets), and delays
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
 import logging
 import os
 import shutil
@@ -33,7 +36,8 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import PoisonMessage, Retry, TaskExpired
 from .task import EagerResult, TaskContext
@@ -49,30 +53,40 @@ __all__ = ["run_eager", "EagerLedger"]
 
 
 class EagerLedger:
-    """A real :class:`~ktasks.ledger.Ledger` in a private temporary folder, opened on first use."""
+    """A real :class:`~ktasks.ledger.Ledger` in a private temporary folder, opened on first use.
+
+    One SQLite connection per thread (SQLite's rule), all on the same file, so a
+    call made from another thread (``delay_async``) sees the same records.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ledger: Ledger | None = None
         self._dir: str | None = None
+        self._pid = os.getpid()
+        self._local = threading.local()
 
     def get(self) -> Ledger:
-        with self._lock:
-            if self._ledger is None or self._ledger._pid != os.getpid():
-                from .ledger import Ledger
+        from .ledger import Ledger
 
-                self._dir = tempfile.mkdtemp(prefix="ktasks-eager-")
-                self._ledger = Ledger(os.path.join(self._dir, "eager.ledger.sqlite3"))
-            return self._ledger
+        with self._lock:
+            if self._dir is None or self._pid != os.getpid():
+                self._dir, self._pid, self._local = tempfile.mkdtemp(prefix="ktasks-eager-"), os.getpid(), \
+                    threading.local()
+            path = os.path.join(self._dir, "eager.ledger.sqlite3")
+        ledger: Ledger | None = getattr(self._local, "ledger", None)
+        if ledger is None or ledger.path != Path(path):
+            ledger = self._local.ledger = Ledger(path)
+        return ledger
 
     def reset(self) -> None:
         """Forget every recorded execution (a fresh ledger on next use)."""
         with self._lock:
-            ledger, directory = self._ledger, self._dir
-            self._ledger = self._dir = None
-        if ledger is not None and ledger._pid == os.getpid():
-            ledger.close()
-        if directory is not None:
+            directory, self._dir = self._dir, None
+            ledger: Ledger | None = getattr(self._local, "ledger", None)
+            self._local = threading.local()
+        if ledger is not None and self._pid == os.getpid():
+            ledger.close()  # this thread's connection; other threads' ones are dropped with their file
+        if directory is not None and self._pid == os.getpid():
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -104,7 +118,7 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
         app.middleware.before("before_task", ctx)
         t0 = time.perf_counter()
         try:
-            value = task.run(ctx)
+            value = _finish(task.run(ctx))
         except Exception as exc:
             app.middleware.after("after_task", ctx, None, exc)
             cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
@@ -132,3 +146,16 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
         result.result = value
         result.exception = None
         return result
+
+
+def _finish(value: Any) -> Any:
+    """An async def task's coroutine, run to its end: on a new event loop, in a thread if one is running here."""
+    if not inspect.iscoroutine(value):
+        return value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(value)
+    # Called from async code (e.g. an async test): this thread's loop is busy running the caller.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, value).result()

@@ -110,6 +110,10 @@ class WorkerLost(TaskError):
     """The child process running a task died (signal, ``os._exit``, OOM kill)."""
 
 
+class TaskCancelled(TaskError):
+    """An ``async def`` task's coroutine was cancelled (not by a time limit); handled as a failure."""
+
+
 class TaskExpired(TaskError):
     """A task reached a worker after its ``expires`` time; it is dead-lettered with reason ``expired``."""
 

@@ -176,6 +176,8 @@ _add("max_batch", int, 64, "Most records handed to one child at once when there 
 _add("revoke_timeout_ms", int, 20000, "On revoke, longest wait for in-flight tasks of that partition "
      "before committing what finished and releasing it.", G)
 _add("shutdown_timeout_ms", int, 60000, "Warm shutdown waits this long for in-flight tasks.", G)
+_add("async_concurrency", int, 50, "Coroutines in flight per child when the app has `async def` tasks "
+     "(each child then runs an event loop); see docs/concepts.md#async-tasks.", G)
 _add("max_tasks_per_child", int, 0, "Replace a child after this many tasks; 0 means never.", G)
 _add("auto_offset_reset", str, "earliest", "Where a new group starts.", G, choices=("earliest", "latest"))
 _add("commit_retry_deadline_ms", int, 30000, "Retriable commit errors are retried with backoff up to this.",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -220,6 +222,11 @@ class Task(Generic[P, R]):
     def topic(self) -> str:
         return self.options.topic or self.app.default_topic
 
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` task: a worker runs it on its children's event loops."""
+        return inspect.iscoroutinefunction(self.fn)
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
 
@@ -284,6 +291,20 @@ class Task(Generic[P, R]):
         from .contrib.django import delay_on_commit
 
         delay_on_commit(self, *args, **kwargs)
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
+        """``delay()`` for async code: the send runs in a thread, so the event loop is never blocked."""
+        return await self.aapply_async(args=args, kwargs=kwargs)
+
+    async def aapply_async(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                           **options: Any) -> SendHandle | EagerResult:
+        """``apply_async()`` for async code (same options), without blocking the event loop.
+
+        ``delay()`` usually returns at once, but it blocks while the producer
+        fetches metadata or its buffer is full (up to ``send_timeout_ms``).
+        """
+        call = functools.partial(self.apply_async, args, kwargs, **options)
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
     def retry(self, countdown_s: float | None = None, exc: BaseException | None = None) -> Retry:
         """Build the exception to ``raise`` from inside a task to ask for another attempt."""

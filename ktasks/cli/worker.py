@@ -57,6 +57,9 @@ def _source_root(app_spec: str) -> Path:
                    "name for the same.")
 @click.option("--group", "group_id", default=None, help="Consumer group (default: the app's name).")
 @click.option("--group-instance-id", default=None, help="Static group membership id.")
+@click.option("--async-concurrency", type=click.IntRange(min=1), default=None,
+              help="Coroutines in flight per child for async def tasks (default: the app's "
+                   "async_concurrency setting, 50).")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=0), default=None,
               help="Replace a child after this many tasks.")
 @click.option("--ledger", "ledger_path", default=None, help="Path of the SQLite ledger.")
@@ -81,7 +84,8 @@ def _source_root(app_spec: str) -> Path:
               help="Serve Prometheus metrics at http://<metrics_host>:PORT/metrics (setting metrics_port; "
                    "metrics_host defaults to 127.0.0.1).")
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
-           group_instance_id: str | None, max_tasks_per_child: int | None, ledger_path: str | None,
+           group_instance_id: str | None, async_concurrency: int | None, max_tasks_per_child: int | None,
+           ledger_path: str | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
            relay_dsn: str | None, reload_: bool, metrics_port: int | None) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
@@ -119,6 +123,8 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         overrides["group_instance_id"] = group_instance_id
     if max_tasks_per_child is not None:
         overrides["max_tasks_per_child"] = max_tasks_per_child
+    if async_concurrency is not None:
+        overrides["async_concurrency"] = async_concurrency
     if ledger_path:
         overrides["ledger_path"] = ledger_path
     if no_ledger:

@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # Result statuses, sent as the second field of each result.
 OK, SKIP, RETRY, DEAD, POISON = "ok", "skip", "retry", "dead", "poison"
 
+#: What :meth:`Child._admit` answers while another live process runs the same ledger key.
+RUNNING = "running"
+
 #: Longest a finished result waits in the child before it is sent, when the batch goes on.
 RESULT_FLUSH_S = 0.05
 
@@ -128,28 +131,15 @@ class Child:
         log_extra = task_extra(msg.task, msg.id, topic, partition, offset)
         bind_task(log_extra)  # lines the task's own code logs carry its fields too
         key = msg.ledger_key
-        if self.ledger is not None:
-            # The same key may be running in another live process (a sibling, or the previous
-            # owner of a revoked partition): wait for it however long it runs, then decide.
-            while True:
-                decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
-                                             pid=self.pid, force=force, replay=replay, wait_running_s=60.0)
-                if decision.kind != "running":
-                    break
-                logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
-                               "instead of running a second copy", msg.task, msg.id, key,
-                               decision.entry.pid if decision.entry else "?", extra=log_extra)
-            if decision.kind == "skip":
-                logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
-                            msg.task, msg.id, key, extra=log_extra)
-                return [seq, SKIP, 0.0, None, None, None, None]
-            if decision.kind == "poison":
-                logger.error("task %s[%s] was started %d times without finishing: poison message",
-                             msg.task, msg.id, task.max_starts(), extra=log_extra)
-                return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
-                        f"started {task.max_starts()} times without finishing (max_starts)", None]
-        if msg.expires is not None and not replay and time.time() > msg.expires:
-            return self._expired(seq, msg, key, log_extra)
+        # The same key may be running in another live process (a sibling, or the previous
+        # owner of a revoked partition): wait for it however long it runs, then decide.
+        refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
+        while refused == RUNNING:
+            logger.warning("task %s[%s] (ledger key %s) is still running in another process: waiting for it "
+                           "instead of running a second copy", msg.task, msg.id, key, extra=log_extra)
+            refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
+        if isinstance(refused, list):
+            return refused
         faults.point("before_task", self.parent_pid)
         logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
         self.app.middleware.before("before_task", ctx)
@@ -170,7 +160,35 @@ class Child:
                     self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name)
         except Exception as exc:
             error = exc
-        duration = time.perf_counter() - t0
+        return self._report(seq, ctx, result, error, time.perf_counter() - t0, log_extra)
+
+    def _admit(self, seq: int, task: Any, msg: Any, force: bool, replay: bool, log_extra: dict[str, Any],
+               wait_running_s: float) -> list[Any] | str | None:
+        """Ask the ledger, and check the expiry: the result that ends the record here, None to run it, or
+        :data:`RUNNING` when another live process still runs the key (ask again later)."""
+        key = msg.ledger_key
+        if self.ledger is not None:
+            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
+                                         pid=self.pid, force=force, replay=replay, wait_running_s=wait_running_s)
+            if decision.kind == "running":
+                return RUNNING
+            if decision.kind == "skip":
+                logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
+                            msg.task, msg.id, key, extra=log_extra)
+                return [seq, SKIP, 0.0, None, None, None, None]
+            if decision.kind == "poison":
+                logger.error("task %s[%s] was started %d times without finishing: poison message",
+                             msg.task, msg.id, task.max_starts(), extra=log_extra)
+                return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
+                        f"started {task.max_starts()} times without finishing (max_starts)", None]
+        if msg.expires is not None and not replay and time.time() > msg.expires:
+            return self._expired(seq, msg, key, log_extra)
+        return None
+
+    def _report(self, seq: int, ctx: TaskContext, result: Any, error: BaseException | None, duration: float,
+                log_extra: dict[str, Any]) -> list[Any]:
+        """The result to send for a task that ran (``error`` None if it succeeded)."""
+        task, msg, key = ctx.task, ctx.message, ctx.message.ledger_key
         self.app.middleware.after("after_task", ctx, result, error)
         if error is None:
             if logger.isEnabledFor(logging.INFO):
@@ -264,7 +282,12 @@ def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_p
         if overrides:
             # Settings the worker was started with (CLI flags) win over the module's.
             app.settings = app.settings.replace(**overrides)
-        Child(app, index, conn, state, parent_pid).serve()
+        if any(t.is_async for t in app.tasks.values()):
+            from .aio import AsyncChild  # async def tasks: an event loop in this child
+
+            AsyncChild(app, index, conn, state, parent_pid).serve()
+        else:
+            Child(app, index, conn, state, parent_pid).serve()
     except Exception:
         logger.exception("child %d crashed", index)
         raise

@@ -42,10 +42,12 @@ class ChildProc:
     ready: bool = False
     retiring: bool = False
     kill_reason: str | None = None
+    capacity: int = 1               # jobs in flight at once: 1, or async_concurrency for an event-loop child
 
     @property
     def idle(self) -> bool:
-        return self.ready and not self.outstanding and not self.retiring
+        """Ready for more work: nothing outstanding, or (event-loop child) a free slot."""
+        return self.ready and len(self.outstanding) < self.capacity and not self.retiring
 
     @property
     def pid(self) -> int | None:
@@ -71,7 +73,8 @@ class Pool:
     """N spawned children, each with its own pipe."""
 
     def __init__(self, app_spec: str, size: int, *, loglevel: str = "INFO", log_format: str = "text",
-                 faults_spec: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+                 faults_spec: str | None = None, overrides: dict[str, Any] | None = None,
+                 capacity: int = 1) -> None:
         if size < 1:
             raise WorkerError(f"concurrency must be at least 1, got {size}")
         self.app_spec = app_spec
@@ -80,6 +83,7 @@ class Pool:
         self.log_format = log_format
         self.faults_spec = faults_spec
         self.overrides = dict(overrides or {})
+        self.capacity = capacity
         self.children: list[ChildProc] = []
         self._next_index = 0
         self.replaced = 0
@@ -105,7 +109,7 @@ class Pool:
         proc.start()
         child_conn.close()
         logger.debug("started child %d (pid %s)", index, proc.pid)
-        return ChildProc(index, proc, parent_conn, state)
+        return ChildProc(index, proc, parent_conn, state, capacity=self.capacity)
 
     def wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -152,8 +152,10 @@ class Worker:
         # Delay of each delay-tier topic, in seconds: the longest it may hold its partition.
         self._tier_s = {app.retry_topic(t, ms): ms / 1000.0 for t in self.topics
                         for ms in app.settings.retry_tiers_ms}
+        # With async def tasks every child runs an event loop with async_concurrency slots (see .aio).
+        capacity = self.settings.async_concurrency if any(t.is_async for t in app.tasks.values()) else 1
         self.pool = Pool(app_spec, self.concurrency, loglevel=loglevel, log_format=log_format,
-                         faults_spec=self.settings.faults, overrides=self.overrides)
+                         faults_spec=self.settings.faults, overrides=self.overrides, capacity=capacity)
         self.consumer: Any = None
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.ready: deque[Job] = deque()
@@ -398,13 +400,15 @@ class Worker:
         for child in idle:
             # A batch never takes a child past max_tasks_per_child: it is retired only once idle.
             take = max(1, min(size, limit - child.tasks_done)) if limit else size
+            if child.capacity > 1:  # an event-loop child: fill its free slots, each job runs on its own
+                take = min(take, child.capacity - len(child.outstanding))
             jobs: list[Job] = []
             while self.ready and len(jobs) < take:
                 job = self.ready[0]
                 if self.partitions.get(job.ps.tp) is not job.ps or job.ps.revoking:
                     self.ready.popleft()
                     continue
-                quick = self._durations.get(job.task.name, QUICK_TASK_S) < QUICK_TASK_S
+                quick = child.capacity > 1 or self._durations.get(job.task.name, QUICK_TASK_S) < QUICK_TASK_S
                 if jobs and not quick:
                     break
                 jobs.append(self.ready.popleft())
