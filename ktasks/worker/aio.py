@@ -185,8 +185,9 @@ class AsyncChild(Child):
                 return refused if isinstance(refused, list) else None
             if not warned:
                 warned = True
-                logger.warning("task %s[%s] (ledger key %s) is still running in another process: waiting for "
-                               "it instead of running a second copy", msg.task, msg.id, key[0], extra=log_extra)
+                logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
+                               "instead of running a second copy", msg.task, msg.id, key[0], self.running_pid,
+                               extra=log_extra)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 

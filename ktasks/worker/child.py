@@ -80,6 +80,7 @@ class Child:
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.ledger: Any = None
+        self.running_pid: int | None = None     # who holds the key when _admit answered RUNNING
         if app.settings.ledger_enabled:
             from ..ledger import Ledger
 
@@ -135,8 +136,9 @@ class Child:
         # owner of a revoked partition): wait for it however long it runs, then decide.
         refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
         while refused == RUNNING:
-            logger.warning("task %s[%s] (ledger key %s) is still running in another process: waiting for it "
-                           "instead of running a second copy", msg.task, msg.id, key, extra=log_extra)
+            logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
+                           "instead of running a second copy", msg.task, msg.id, key, self.running_pid,
+                           extra=log_extra)
             refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
         if isinstance(refused, list):
             return refused
@@ -171,6 +173,7 @@ class Child:
             decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
                                          pid=self.pid, force=force, replay=replay, wait_running_s=wait_running_s)
             if decision.kind == "running":
+                self.running_pid = decision.entry.pid if decision.entry else None
                 return RUNNING
             if decision.kind == "skip":
                 logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
