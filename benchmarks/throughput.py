@@ -128,18 +128,26 @@ class Bench:
         return f"bench-{self.tag}-{kind}-{self._runs}"
 
     def committed(self, group: str) -> int:
-        offsets = self.admin.list_group_offsets({group: None}).get(group, {})
+        try:
+            offsets = self.admin.list_group_offsets({group: None}).get(group, {})
+        except kafka.errors.KafkaError as exc:
+            if not exc.retriable:   # e.g. the group coordinator of a fresh broker still loading
+                raise
+            return 0
         return sum(om.offset for tp, om in offsets.items() if tp.topic == self.topic and om.offset > 0)
 
     # -- ktasks -------------------------------------------------------------------
-    def ktasks(self, loglevel: str = "WARNING", ledger_on: bool = True) -> Run:
+    def ktasks(self, loglevel: str = "WARNING", ledger_on: bool = True, extra_args: tuple[str, ...] = (),
+               extra_env: dict[str, str] | None = None, label: str = "") -> Run:
         group = self._group("ktasks")
         ledger = self.dir / f"{group}.ledger.sqlite3"
         log = self.dir / f"{group}.log"
         cmd = [sys.executable, "-m", "ktasks", "worker", "-A", f"{self.module}:app", "-c", str(CONCURRENCY),
                "--burst", "--loglevel", loglevel, "--group", group]
         cmd += ["--ledger", str(ledger)] if ledger_on else ["--no-ledger"]
+        cmd += list(extra_args)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.dir), os.environ.get("PYTHONPATH", "")]))
+        env.update(extra_env or {})
         began = time.time()
         first_seen: float | None = None
         with open(log, "wb") as out:
@@ -180,7 +188,7 @@ class Bench:
             first = first_seen
         seconds = done_at - first
         return Run(f"ktasks worker -c {CONCURRENCY} --burst, ledger {'on' if ledger_on else 'off'}, "
-                   f"--loglevel {loglevel}", self.n / seconds, seconds, wall)
+                   f"--loglevel {loglevel}{label}", self.n / seconds, seconds, wall)
 
     # -- bare -------------------------------------------------------------------
     def bare(self) -> Run:

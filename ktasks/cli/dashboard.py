@@ -7,7 +7,7 @@ import logging
 import click
 
 from ..logs import configure_logging
-from ._app import loaded_app
+from ._app import app_option, loaded_app
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ __all__ = ["dashboard", "COMMANDS"]
 
 
 @click.command()
-@click.option("-A", "--app", "app_spec", required=True, metavar="MODULE[:ATTR]", help="The app to show.")
+@app_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the default keeps the dashboard to this machine.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="Port to bind.")

@@ -18,6 +18,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from kafka import TopicPartition
 from starlette.applications import Starlette
@@ -130,7 +131,7 @@ def create_app(ktasks_app: Any, *, allow_actions: bool = False, refresh_s: float
         logger.info("dashboard: replayed %s[%d]@%d to %s[%d]@%d", x.topic, x.partition, x.offset, meta.topic,
                     meta.partition, meta.offset)
         done = f"replayed to {meta.topic}[{meta.partition}]@{meta.offset}"
-        return RedirectResponse(f"{request.url.path.rsplit('/', 1)[0]}?done={done}", status_code=303)
+        return RedirectResponse(f"{request.url.path.rsplit('/', 1)[0]}?{urlencode({'done': done})}", status_code=303)
 
     async def dlq_purge(request: Request) -> Response:
         topic = request.path_params["topic"]
