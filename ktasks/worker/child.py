@@ -44,6 +44,8 @@ RUNNING = "running"
 
 #: Longest a finished result waits in the child before it is sent, when the batch goes on.
 RESULT_FLUSH_S = 0.05
+#: While a task's ledger key runs in another live process, a line about the wait this often.
+RUNNING_LOG_S = 60.0
 
 
 def load_app(spec: str) -> Any:
@@ -134,12 +136,18 @@ class Child:
         key = msg.ledger_key
         # The same key may be running in another live process (a sibling, or the previous
         # owner of a revoked partition): wait for it however long it runs, then decide.
-        refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
+        wait_s = min(RUNNING_LOG_S, (task.options.time_limit_s or 2 * RUNNING_LOG_S) / 2)
+        logged = -RUNNING_LOG_S
+        refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=wait_s)
         while refused == RUNNING:
-            logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
-                           "instead of running a second copy", msg.task, msg.id, key, self.running_pid,
-                           extra=log_extra)
-            refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=60.0)
+            # The hard time limit is for the task's own run, not for this wait on its live twin.
+            self.state[1] = now = time.monotonic()
+            if now - logged >= RUNNING_LOG_S:
+                logged = now
+                logger.warning("task %s[%s] (ledger key %s) is still running in pid %s: waiting for it "
+                               "instead of running a second copy", msg.task, msg.id, key, self.running_pid,
+                               extra=log_extra)
+            refused = self._admit(seq, task, msg, force, replay, log_extra, wait_running_s=wait_s)
         if isinstance(refused, list):
             return refused
         faults.point("before_task", self.parent_pid)
