@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,40 +95,35 @@ class TcpForwarder:
     """
 
     def __init__(self, listen_port: int, target: str) -> None:
-        import socket
-        import threading
-
         self.listen_port = listen_port
         host, _, port = target.rpartition(":")
         self.target = (host, int(port))
-        self._socket = socket
-        self._threading = threading
-        self._server: Any = None
+        self._server: socket.socket | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        server = self._socket.socket(self._socket.AF_INET, self._socket.SOCK_STREAM)
-        server.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(("127.0.0.1", self.listen_port))
         server.listen(16)
         server.settimeout(0.2)
         self._server = server
-        self._threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
 
-    def _accept(self) -> None:
+    def _accept(self, server: socket.socket) -> None:
         while not self._stopped.is_set():
             try:
-                client, _ = self._server.accept()
+                client, _ = server.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
-            upstream = self._socket.create_connection(self.target)
+            upstream = socket.create_connection(self.target)
             for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     @staticmethod
-    def _pump(src: Any, dst: Any) -> None:
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
