@@ -49,10 +49,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from ._proc import pid_alive, start_ticks
 from .errors import LedgerError
+from .ledger_schema import (
+    APPLICATION_ID,
+    BEGIN_DEFERRED,
+    BEGIN_IMMEDIATE,
+    COLUMNS,
+    COMMIT,
+    ROLLBACK,
+    SCHEMA_VERSION,
+    TABLE,
+    immediate,
+    is_busy,
+    ledger_error,
+    migrate,
+)
 from .message import pack, unpack
 
 if TYPE_CHECKING:
@@ -60,14 +72,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "STATES", "check_ledger"]
-
-#: Version of the schema this code writes; stored in ``PRAGMA user_version``.
-SCHEMA_VERSION = 3
-#: Our table. Prefixed, because bound tasks keep their own tables in the same file.
-TABLE = "ktasks_ledger"
-#: ``PRAGMA application_id`` of a ledger file ("ktlg"), so tools can tell one from any other SQLite file.
-APPLICATION_ID = 0x6B746C67
+__all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "TABLE", "APPLICATION_ID", "STATES",
+           "check_ledger"]
 
 STARTED, SUCCEEDED, FAILED, POISONED = "started", "succeeded", "failed", "poisoned"
 #: Every state, in the order tools show them.
@@ -77,13 +83,8 @@ FINISHED_STATES = (SUCCEEDED, FAILED, POISONED)
 
 _HOST = socket.gethostname()
 
-_COLUMNS = (
-    "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
-    "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
-    "pid_start",
-)
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? AND task = ?"
-_SELECT_KEY = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = ? ORDER BY task"
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE key = ? AND task = ?"
+_SELECT_KEY = f"SELECT {', '.join(COLUMNS)} FROM {TABLE} WHERE key = ? ORDER BY task"
 _INSERT_START = (
     f"INSERT INTO {TABLE} (key, task, state, attempt, starts, total_starts, host, pid, pid_start, started_at, "
     f"updated_at) VALUES (?, ?, '{STARTED}', ?, 1, 1, ?, ?, ?, ?, ?)"
@@ -128,14 +129,6 @@ _PRUNE = (
     f"DELETE FROM {TABLE} WHERE rowid IN (SELECT rowid FROM {TABLE} "
     f"WHERE finished_at < ? AND state IN ({', '.join(repr(s) for s in FINISHED_STATES)}) LIMIT ?)"
 )
-
-# Our own transaction statements carry a comment so their text differs from a task's
-# "COMMIT": the statement cache is keyed by text, and a cached statement is not shown
-# to the authorizer again (see _authorize).
-_BEGIN_IMMEDIATE = "BEGIN IMMEDIATE /* ktasks */"
-_BEGIN_DEFERRED = "BEGIN DEFERRED /* ktasks */"
-_COMMIT = "COMMIT /* ktasks */"
-_ROLLBACK = "ROLLBACK /* ktasks */"
 
 
 class Kind(str, enum.Enum):
@@ -192,7 +185,7 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON output: the result decoded, bytes never."""
-        d = {name: getattr(self, name) for name in _COLUMNS}
+        d = {name: getattr(self, name) for name in COLUMNS}
         try:
             d["result"] = self.result_value()
         except Exception as exc:  # a result written by a newer ktasks, say
@@ -217,36 +210,6 @@ class Decision:
     @property
     def run(self) -> bool:
         return self.kind is Kind.RUN
-
-
-@contextlib.contextmanager
-def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """A write transaction (``BEGIN IMMEDIATE``) around the block: committed, or rolled back on any exception."""
-    conn.execute(_BEGIN_IMMEDIATE)
-    try:
-        yield
-        conn.execute(_COMMIT)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute(_ROLLBACK)
-        raise
-
-
-def _is_busy(exc: BaseException) -> bool:
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if code is not None:
-        return (code & 0xFF) in (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (named in sqlite3 only from 3.11)
-    msg = str(exc)
-    return "locked" in msg or "busy" in msg
-
-
-def _ledger_error(what: str, exc: BaseException) -> LedgerError:
-    err = LedgerError(f"ledger: {what}: {exc}")
-    # Lock timeouts may clear on their own; a corrupt or unwritable file will not.
-    err.retriable = _is_busy(exc)
-    return err
 
 
 def _qualname(exc: BaseException) -> str:
@@ -289,13 +252,13 @@ class Ledger:
             self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_ms / 1000.0,
                                          isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise _ledger_error(f"cannot open {self.path}", exc) from exc
+            raise ledger_error(f"cannot open {self.path}", exc) from exc
         try:
             self._configure()
-            _migrate(self._conn, self.path)
+            migrate(self._conn, self.path)
         except sqlite3.Error as exc:  # a file that is no database fails its first read here
             self._conn.close()
-            raise _ledger_error(f"cannot open {self.path}", exc) from exc
+            raise ledger_error(f"cannot open {self.path}", exc) from exc
         except BaseException:
             self._conn.close()
             raise
@@ -312,8 +275,8 @@ class Ledger:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 break
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise _ledger_error(f"cannot enable WAL on {self.path}", exc) from exc
+                if not is_busy(exc) or time.monotonic() > deadline:
+                    raise ledger_error(f"cannot enable WAL on {self.path}", exc) from exc
                 time.sleep(0.01)
         if str(mode).lower() != "wal":
             raise LedgerError(f"ledger: {self.path} cannot use WAL mode (got {mode!r}); "
@@ -396,7 +359,7 @@ class Ledger:
         now = time.time()
         pid_start = self._own_start if pid == self._pid else start_ticks(pid)
         try:
-            conn.execute(_BEGIN_IMMEDIATE)
+            conn.execute(BEGIN_IMMEDIATE)
             try:
                 # Buffered finishes wait for flush(): written together they touch few
                 # pages, and a start stays a small transaction. They ride along here
@@ -425,7 +388,7 @@ class Ledger:
                     # for each other's buffered successes cannot deadlock.
                     if not carried:
                         self._write_pending()
-                    conn.execute(_COMMIT)
+                    conn.execute(COMMIT)
                     self._clear_pending()
                     if wait:
                         return None, entry.pid
@@ -436,13 +399,13 @@ class Ledger:
                 else:
                     conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, pid_start, now, now, key, task))
                     decision = Decision(Kind.RUN, entry, entry.starts + 1)
-                conn.execute(_COMMIT)
+                conn.execute(COMMIT)
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute(_ROLLBACK)
+                    conn.execute(ROLLBACK)
                 raise
         except sqlite3.Error as exc:
-            raise _ledger_error(f"begin({key!r})", exc) from exc
+            raise ledger_error(f"begin({key!r})", exc) from exc
         if carried:
             self._clear_pending()
         if decision.kind is Kind.POISON:
@@ -478,9 +441,9 @@ class Ledger:
         self._ensure_idle()
         conn = self._conn
         try:
-            conn.execute(_BEGIN_IMMEDIATE if immediate else _BEGIN_DEFERRED)
+            conn.execute(BEGIN_IMMEDIATE if immediate else BEGIN_DEFERRED)
         except sqlite3.Error as exc:
-            raise _ledger_error("cannot begin a transaction", exc) from exc
+            raise ledger_error("cannot begin a transaction", exc) from exc
         self._tx_changes = conn.total_changes
         self._in_user_tx = True
         committing = False
@@ -488,15 +451,15 @@ class Ledger:
             yield conn
             self._in_user_tx = False
             committing = True
-            conn.execute(_COMMIT)
+            conn.execute(COMMIT)
         except BaseException as exc:
             # Also reached by an exception from a signal handler (a soft time limit)
             # between the task's return and the commit: never leave it open.
             self._in_user_tx = False
             if conn.in_transaction:
-                conn.execute(_ROLLBACK)
+                conn.execute(ROLLBACK)
             if committing and isinstance(exc, sqlite3.Error):
-                raise _ledger_error("cannot commit a task's transaction", exc) from exc
+                raise ledger_error("cannot commit a task's transaction", exc) from exc
             raise
 
     def _authorize(self, action: int, arg1: str | None, arg2: str | None, db: str | None,
@@ -541,22 +504,22 @@ class Ledger:
                 # nothing through the ledger: it only read, and its snapshot went stale.
                 # With nothing to keep atomic, record the success on its own and hand the
                 # block a fresh, empty transaction to commit.
-                if not _is_busy(exc) or conn is not self._conn or conn.total_changes != self._tx_changes:
-                    raise _ledger_error(f"succeeded({key!r})", exc) from exc
-                conn.execute(_ROLLBACK)
+                if not is_busy(exc) or conn is not self._conn or conn.total_changes != self._tx_changes:
+                    raise ledger_error(f"succeeded({key!r})", exc) from exc
+                conn.execute(ROLLBACK)
                 try:
-                    conn.execute(_BEGIN_IMMEDIATE)
+                    conn.execute(BEGIN_IMMEDIATE)
                     conn.execute(_SUCCEEDED, params)
-                    conn.execute(_COMMIT)
+                    conn.execute(COMMIT)
                 except sqlite3.Error as exc2:
                     if conn.in_transaction:
-                        conn.execute(_ROLLBACK)
-                    raise _ledger_error(f"succeeded({key!r})", exc2) from exc2
+                        conn.execute(ROLLBACK)
+                    raise ledger_error(f"succeeded({key!r})", exc2) from exc2
                 finally:
-                    conn.execute(_BEGIN_DEFERRED)
+                    conn.execute(BEGIN_DEFERRED)
                     self._tx_changes = conn.total_changes
             except sqlite3.Error as exc:
-                raise _ledger_error(f"succeeded({key!r})", exc) from exc
+                raise ledger_error(f"succeeded({key!r})", exc) from exc
         finally:
             self._in_user_tx = guarded
 
@@ -611,10 +574,10 @@ class Ledger:
             raise LedgerError("ledger: flush() inside transaction()")
         self._ensure_idle()
         try:
-            with _immediate(self._conn):
+            with immediate(self._conn):
                 self._write_pending()
         except sqlite3.Error as exc:
-            raise _ledger_error("flush", exc) from exc
+            raise ledger_error("flush", exc) from exc
         self._clear_pending()
 
     @property
@@ -644,7 +607,7 @@ class Ledger:
         try:
             # A write that changes nothing: rewriting the version still takes the write lock and
             # writes the header page, which is what a read-only file or mount refuses.
-            with _immediate(conn):
+            with immediate(conn):
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger {self.path} {_what_is_wrong(exc)}") from exc
@@ -657,7 +620,7 @@ class Ledger:
         try:
             row = self._conn.execute(_SELECT, (key, task)).fetchone()
         except sqlite3.Error as exc:
-            raise _ledger_error(f"get({key!r}, task={task!r})", exc) from exc
+            raise ledger_error(f"get({key!r}, task={task!r})", exc) from exc
         return None if row is None else Entry(*row)
 
     def find(self, key: str) -> list[Entry]:
@@ -668,7 +631,7 @@ class Ledger:
         try:
             rows = self._conn.execute(_SELECT_KEY, (key,)).fetchall()
         except sqlite3.Error as exc:
-            raise _ledger_error(f"find({key!r})", exc) from exc
+            raise ledger_error(f"find({key!r})", exc) from exc
         return [Entry(*row) for row in rows]
 
     def stats(self) -> dict[str, Any]:
@@ -688,7 +651,7 @@ class Ledger:
                 f"SELECT max(starts) FROM {TABLE} WHERE state = '{STARTED}'").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
-            raise _ledger_error("stats", exc) from exc
+            raise ledger_error("stats", exc) from exc
         oldest = min((t for t in (oldest_finished, oldest_started) if t is not None), default=None)
         return {
             "path": str(self.path),
@@ -721,10 +684,10 @@ class Ledger:
         conn = self._conn
         while True:
             try:
-                with _immediate(conn):
+                with immediate(conn):
                     deleted = conn.execute(_PRUNE, (cutoff, batch)).rowcount
             except sqlite3.Error as exc:
-                raise _ledger_error("prune", exc) from exc
+                raise ledger_error("prune", exc) from exc
             total += deleted
             if deleted < batch or (stop is not None and stop()):
                 break
@@ -741,7 +704,7 @@ class Ledger:
         try:
             cur = self._conn.execute(f"DELETE FROM {TABLE} WHERE key = ? AND task = ?", (key, task))
         except sqlite3.Error as exc:
-            raise _ledger_error(f"forget({key!r}, task={task!r})", exc) from exc
+            raise ledger_error(f"forget({key!r}, task={task!r})", exc) from exc
         return cur.rowcount > 0
 
     def close(self) -> None:
@@ -766,7 +729,7 @@ class Ledger:
         # would then fail with "cannot start a transaction within a transaction".
         if self._conn.in_transaction and not self._in_user_tx:
             logger.warning("ledger: rolling back a transaction left open by an interrupted call")
-            self._conn.execute(_ROLLBACK)
+            self._conn.execute(ROLLBACK)
 
     def _check_usable(self, what: str) -> None:
         if self._closed:
@@ -825,95 +788,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-# -- schema ---------------------------------------------------------------------------
-def _migrate_1(db: sqlite_utils.Database) -> None:
-    db.create_table(
-        TABLE,
-        {
-            "key": str, "task": str, "state": str, "attempt": int, "starts": int, "total_starts": int,
-            "host": str, "pid": int, "started_at": float, "finished_at": float, "duration_s": float,
-            "result": bytes, "note": str, "exc_type": str, "exc_message": str, "traceback": str,
-            "updated_at": float,
-        },
-        pk="key",
-        not_null={"task", "state", "attempt", "starts", "total_starts", "updated_at"},
-        defaults={"task": "", "attempt": 0, "starts": 0, "total_starts": 0},
-    )
-    # Prune and "oldest finished" walk this index instead of scanning the table.
-    db.table(TABLE).create_index(["finished_at"], index_name=f"{TABLE}_finished_at")
-
-
-#: The columns of schema versions 1 and 2, spelled out: a migration must not change with later versions.
-_COLUMNS_V1 = (
-    "key", "task", "state", "attempt", "starts", "total_starts", "host", "pid", "started_at",
-    "finished_at", "duration_s", "result", "note", "exc_type", "exc_message", "traceback", "updated_at",
-)
-
-
-def _migrate_2(db: sqlite_utils.Database) -> None:
-    # Version 1 keyed an entry by the idempotency key alone, so two tasks given the same key
-    # shared one entry and the second was skipped as "already succeeded". From version 2 an
-    # entry is one task's execution: the primary key is (key, task), key first so that tools
-    # looking a key up without its task still search the index. SQLite cannot change a primary
-    # key in place: build the new table, copy every row (no two collide, keys were unique),
-    # and swap it in. A version-1 row without a task (a finish recorded without a start) keeps
-    # the empty task name.
-    conn = db.conn
-    old = f"{TABLE}_v1"
-    conn.execute(f"DROP INDEX IF EXISTS {TABLE}_finished_at")
-    conn.execute(f"ALTER TABLE {TABLE} RENAME TO {old}")
-    conn.execute(
-        f"CREATE TABLE {TABLE} ("
-        "key TEXT NOT NULL, task TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, "
-        "attempt INTEGER NOT NULL DEFAULT 0, starts INTEGER NOT NULL DEFAULT 0, "
-        "total_starts INTEGER NOT NULL DEFAULT 0, host TEXT, pid INTEGER, started_at FLOAT, "
-        "finished_at FLOAT, duration_s FLOAT, result BLOB, note TEXT, exc_type TEXT, exc_message TEXT, "
-        "traceback TEXT, updated_at FLOAT NOT NULL, PRIMARY KEY (key, task))"
-    )
-    columns = ", ".join(_COLUMNS_V1)
-    conn.execute(f"INSERT INTO {TABLE} ({columns}) SELECT {columns} FROM {old}")
-    conn.execute(f"DROP TABLE {old}")
-    # Prune and "oldest finished" walk this index instead of scanning the table.
-    conn.execute(f"CREATE INDEX {TABLE}_finished_at ON {TABLE} (finished_at)")
-
-
-def _migrate_3(db: sqlite_utils.Database) -> None:
-    # The start time of the process that recorded a start, next to its pid: whether that
-    # process still runs decides between "running, wait" and "crashed, count it", and a
-    # pid alone may have been reused. NULL for starts recorded before: pid liveness only.
-    db.conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN pid_start INTEGER")
-
-
-#: Migration to version N is ``_MIGRATIONS[N]``; each runs in the transaction that bumps the version.
-_MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    try:
-        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            return  # the common case: no write lock needed
-        # IMMEDIATE: processes opening a new file at once queue here, and each
-        # re-reads the version under the lock, so exactly one creates the schema.
-        with _immediate(conn):
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise LedgerError(f"ledger: {path} has schema version {version}; this ktasks "
-                                  f"understands up to {SCHEMA_VERSION} (upgrade ktasks)")
-            if version == 0:
-                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-                if app_id not in (0, APPLICATION_ID) or TABLE in tables:
-                    raise LedgerError(f"ledger: {path} is not a ktasks ledger")
-            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                _MIGRATIONS[v](db)
-                logger.info("ledger: %s migrated to schema version %d", path, v)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except sqlite3.Error as exc:
-        raise _ledger_error(f"cannot create the schema in {path}", exc) from exc
 
 
 # -- retention --------------------------------------------------------------------------

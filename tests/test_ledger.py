@@ -83,7 +83,7 @@ def _old_ledger(path: Path, version: int = 1) -> None:
     """A ledger file as ktasks with schema ``version`` wrote it (1: entries keyed by the key alone)."""
     import sqlite_utils
 
-    from ktasks.ledger import _MIGRATIONS
+    from ktasks.ledger_schema import _MIGRATIONS
 
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _raw(path)
