@@ -592,8 +592,8 @@ class Ledger:
         Raises :class:`~ktasks.errors.LedgerError` naming the file and what is
         wrong. The worker parent calls it (through :func:`check_ledger`) before
         it starts children, so a bad file stops the worker with one clear error
-        instead of failing in every child. ``quick_check`` reads every page:
-        about a second per few hundred MiB.
+        instead of failing in every child. ``quick_check`` reads every page and
+        checks the indexes: it takes seconds on a large file (docs/ledger.md).
         """
         self._check_usable("verify")
         conn = self._conn
