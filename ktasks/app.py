@@ -17,7 +17,7 @@ from kafka.errors import KafkaError
 
 from .celery_names import absolute_time, translate
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
-from .headers import ORIGIN_TOPIC as H_ORIGIN_TOPIC
+from .headers import H_ORIGIN_TOPIC
 from .message import Message, decode, encode, headers_of, new_id
 from .middleware import Middleware, MiddlewareStack
 from .producer import ProducerHolder, translate_send_error

@@ -50,9 +50,15 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError
 
-from . import headers as headers_mod
 from .errors import DecodeError, KtasksError
-from .headers import is_dead_letter_header, replay_headers, strip_dead_letter_headers
+from .headers import (
+    H_FORCE,
+    H_ORIGIN_TOPIC,
+    H_REPLAY,
+    is_dead_letter_header,
+    replay_headers,
+    strip_dead_letter_headers,
+)
 from .message import HEADER_ID, HEADER_TASK, Message, decode, header
 
 if TYPE_CHECKING:
@@ -85,10 +91,8 @@ H_REASON = "ktasks-dlt-reason"
 H_ATTEMPTS = "ktasks-dlt-attempts"
 H_HOST = "ktasks-dlt-host"
 H_TIME = "ktasks-dlt-time"
-# The control headers, and which records they are trusted on: see ktasks.headers.
-H_ORIGIN_TOPIC = headers_mod.ORIGIN_TOPIC
-H_REPLAY = headers_mod.REPLAY
-H_FORCE = headers_mod.FORCE
+# The control headers (H_ORIGIN_TOPIC, H_REPLAY, H_FORCE), and which records they are
+# trusted on, are in ktasks.headers; imported above and re-exported.
 
 #: Why a record was dead-lettered; the value of ``ktasks-dlt-reason``. See docs/dead-letters.md.
 REASONS = (

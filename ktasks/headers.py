@@ -1,6 +1,6 @@
 """Kafka headers ktasks writes: every name, and who may set, trust, carry and strip each.
 
-Header names starting with ``ktasks-`` or ``kafka_dlt-`` are **reserved**
+Header names starting with ``ktasks-`` or ``kafka_dlt-`` (in any case) are **reserved**
 (:data:`RESERVED_PREFIXES`): ktasks writes them, and ``delay()`` /
 ``apply_async(headers=...)`` refuse them from callers
 (:func:`check_caller_headers`). The rules, one row per header:
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from .errors import EncodeError
 
 __all__ = [
-    "RESERVED_PREFIXES", "TASK", "ID", "VERSION", "ORIGIN_TOPIC", "LAST_ERROR", "REPLAY", "FORCE",
+    "RESERVED_PREFIXES", "H_TASK", "H_ID", "H_VERSION", "H_ORIGIN_TOPIC", "H_LAST_ERROR", "H_REPLAY", "H_FORCE",
     "MAX_LAST_ERROR_CHARS", "is_reserved", "check_caller_headers", "Marks", "trusted_marks", "retry_headers",
     "is_dead_letter_header", "strip_dead_letter_headers", "replay_headers", "value_of",
 ]
@@ -48,19 +48,19 @@ __all__ = [
 RESERVED_PREFIXES = ("ktasks-", "kafka_dlt-")
 
 # -- written at every enqueue (so tools can route and list without decoding) --------------
-TASK = "ktasks-task"
-ID = "ktasks-id"
-VERSION = "ktasks-v"
+H_TASK = "ktasks-task"
+H_ID = "ktasks-id"
+H_VERSION = "ktasks-v"
 # -- control headers: trusted only on ktasks' retry topics ----------------------------------
 #: The task topic a retry copy, a delayed task or a replay belongs to (and a dead letter replays to).
-ORIGIN_TOPIC = "ktasks-origin-topic"
+H_ORIGIN_TOPIC = "ktasks-origin-topic"
 #: Set to ``1`` on records republished by ``ktasks dlq replay``: a fresh retry budget, a poisoned key runs.
-REPLAY = "ktasks-replay"
+H_REPLAY = "ktasks-replay"
 #: Set to ``1`` by ``ktasks dlq replay --force``: run even if the ledger recorded a success.
-FORCE = "ktasks-force"
+H_FORCE = "ktasks-force"
 # -- informational ---------------------------------------------------------------------------
 #: ``Type: message`` of the failure that made a retry copy, cut to :data:`MAX_LAST_ERROR_CHARS`.
-LAST_ERROR = "ktasks-last-error"
+H_LAST_ERROR = "ktasks-last-error"
 MAX_LAST_ERROR_CHARS = 1000
 
 #: Prefixes of the headers a dead-lettering adds (Spring's names and ktasks' own).
@@ -68,12 +68,12 @@ DEAD_LETTER_PREFIXES = ("kafka_dlt-", "ktasks-dlt-")
 
 # What a retry copy does not take over from the record it copies: it writes its own origin and
 # error, and a replay's marks apply to that one run only.
-_NOT_CARRIED_TO_RETRY = frozenset({ORIGIN_TOPIC, FORCE, REPLAY, LAST_ERROR})
+_NOT_CARRIED_TO_RETRY = frozenset({H_ORIGIN_TOPIC, H_FORCE, H_REPLAY, H_LAST_ERROR})
 
 
 def is_reserved(name: str) -> bool:
-    """True for a header name only ktasks may write (see :data:`RESERVED_PREFIXES`)."""
-    return name.startswith(RESERVED_PREFIXES)
+    """True for a header name only ktasks may write (see :data:`RESERVED_PREFIXES`), in any case."""
+    return name.lower().startswith(RESERVED_PREFIXES)
 
 
 def check_caller_headers(headers: Mapping[str, object] | None) -> None:
@@ -106,16 +106,16 @@ def trusted_marks(headers: Iterable[tuple[str, bytes | None]] | None, on_ktasks_
     """The control headers of a consumed record, honoured only if it came from a ktasks retry topic."""
     if not on_ktasks_topic:
         return Marks()
-    return Marks(origin_topic=value_of(headers, ORIGIN_TOPIC) or None,
-                 replay=value_of(headers, REPLAY) == "1", force=value_of(headers, FORCE) == "1")
+    return Marks(origin_topic=value_of(headers, H_ORIGIN_TOPIC) or None,
+                 replay=value_of(headers, H_REPLAY) == "1", force=value_of(headers, H_FORCE) == "1")
 
 
 def retry_headers(headers: Iterable[tuple[str, bytes]] | None, origin_topic: str,
                   error: str) -> list[tuple[str, bytes]]:
     """Headers of a retry copy: the record's, minus the control headers, plus its origin and error."""
     kept = [(k, v) for k, v in headers or () if k not in _NOT_CARRIED_TO_RETRY]
-    kept.append((ORIGIN_TOPIC, origin_topic.encode()))
-    kept.append((LAST_ERROR, error[:MAX_LAST_ERROR_CHARS].encode()))
+    kept.append((H_ORIGIN_TOPIC, origin_topic.encode()))
+    kept.append((H_LAST_ERROR, error[:MAX_LAST_ERROR_CHARS].encode()))
     return kept
 
 
@@ -126,9 +126,9 @@ def delay_headers(headers: Iterable[tuple[str, bytes]] | None, origin_topic: str
     Control headers are carried only from a delay tier, where ktasks wrote them: from a
     task topic they would come from whoever enqueued the record.
     """
-    dropped = {ORIGIN_TOPIC} if from_tier else {ORIGIN_TOPIC, FORCE, REPLAY}
+    dropped = {H_ORIGIN_TOPIC} if from_tier else {H_ORIGIN_TOPIC, H_FORCE, H_REPLAY}
     kept = [(k, v) for k, v in headers or () if k not in dropped]
-    kept.append((ORIGIN_TOPIC, origin_topic.encode()))
+    kept.append((H_ORIGIN_TOPIC, origin_topic.encode()))
     return kept
 
 
@@ -139,16 +139,16 @@ def is_dead_letter_header(name: str) -> bool:
 
 def strip_dead_letter_headers(headers: Iterable[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """The headers without any left by a dead-lettering (including ``ktasks-origin-topic``)."""
-    return [(k, v) for k, v in headers if not is_dead_letter_header(k) and k != ORIGIN_TOPIC]
+    return [(k, v) for k, v in headers if not is_dead_letter_header(k) and k != H_ORIGIN_TOPIC]
 
 
 def replay_headers(headers: Iterable[tuple[str, bytes]], force: bool = False, *,
                    origin_topic: str | None = None) -> list[tuple[str, bytes]]:
     """Headers for replaying a dead letter: the original ones, marked as a replay (of ``origin_topic``)."""
-    kept = [(k, v) for k, v in strip_dead_letter_headers(headers) if k not in (REPLAY, FORCE)]
+    kept = [(k, v) for k, v in strip_dead_letter_headers(headers) if k not in (H_REPLAY, H_FORCE)]
     if origin_topic is not None:
-        kept.append((ORIGIN_TOPIC, origin_topic.encode()))
-    kept.append((REPLAY, b"1"))
+        kept.append((H_ORIGIN_TOPIC, origin_topic.encode()))
+    kept.append((H_REPLAY, b"1"))
     if force:
-        kept.append((FORCE, b"1"))
+        kept.append((H_FORCE, b"1"))
     return kept

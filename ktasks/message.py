@@ -44,9 +44,9 @@ __all__ = ["FORMAT_VERSION", "Message", "encode", "decode", "headers_of", "HEADE
            "new_id", "MAX_DEPTH", "MAX_ARG_DEPTH", "MIN_INT", "MAX_INT"]
 
 FORMAT_VERSION = 1
-HEADER_TASK = headers_mod.TASK
-HEADER_ID = headers_mod.ID
-HEADER_VERSION = headers_mod.VERSION
+HEADER_TASK = headers_mod.H_TASK
+HEADER_ID = headers_mod.H_ID
+HEADER_VERSION = headers_mod.H_VERSION
 
 #: Deepest nesting of lists and maps in an envelope that msgpack's decoder accepts (its stack size).
 MAX_DEPTH = 1024

@@ -8,10 +8,10 @@ import pytest
 
 from ktasks import App, EncodeError
 from ktasks.headers import (
-    FORCE,
-    LAST_ERROR,
-    ORIGIN_TOPIC,
-    REPLAY,
+    H_FORCE,
+    H_LAST_ERROR,
+    H_ORIGIN_TOPIC,
+    H_REPLAY,
     Marks,
     check_caller_headers,
     is_reserved,
@@ -22,11 +22,12 @@ from ktasks.message import Message, encode, header, headers_of
 from tests.fixtures.app import read_topic
 from tests.helpers import wait_until
 
-CONTROL = [(FORCE, b"1"), (REPLAY, b"1"), (ORIGIN_TOPIC, b"elsewhere")]
+CONTROL = [(H_FORCE, b"1"), (H_REPLAY, b"1"), (H_ORIGIN_TOPIC, b"elsewhere")]
 
 
 def test_reserved_names_are_refused_at_enqueue_before_anything_is_sent() -> None:
     assert is_reserved("ktasks-force") and is_reserved("kafka_dlt-original-topic")
+    assert is_reserved("KTASKS-Force")  # header names compare without regard to case (docs/protocol.md)
     assert not is_reserved("trace-id") and not is_reserved("x-ktasks-force")
     check_caller_headers({"trace-id": "abc"})
     app = App("reserved", bootstrap_servers="127.0.0.1:1")  # never reached: refused before the producer
@@ -49,10 +50,10 @@ def test_control_headers_count_only_on_ktasks_topics() -> None:
 
 
 def test_a_retry_copy_carries_the_callers_headers_and_writes_its_own_control_ones() -> None:
-    original = [("trace-id", b"abc"), *CONTROL, (LAST_ERROR, b"old")]
+    original = [("trace-id", b"abc"), *CONTROL, (H_LAST_ERROR, b"old")]
     copy = retry_headers(original, "orders", "ValueError: " + "x" * 2000)
-    assert [k for k, _ in copy] == ["trace-id", ORIGIN_TOPIC, LAST_ERROR]
-    assert header(copy, ORIGIN_TOPIC) == "orders" and len(header(copy, LAST_ERROR) or "") == 1000
+    assert [k for k, _ in copy] == ["trace-id", H_ORIGIN_TOPIC, H_LAST_ERROR]
+    assert header(copy, H_ORIGIN_TOPIC) == "orders" and len(header(copy, H_LAST_ERROR) or "") == 1000
 
 
 def test_forged_control_headers_on_a_task_topic_are_ignored_by_the_worker(project: Any, kafka_admin: Any) -> None:
@@ -74,7 +75,7 @@ def test_forged_control_headers_on_a_task_topic_are_ignored_by_the_worker(projec
     # A producer that does not go through delay() (so nothing refused the headers) sends the same
     # payment again, "forced", and a refund whose retries and dead letter it tries to route elsewhere.
     elsewhere = p.topic + "-elsewhere"
-    forged = [(FORCE, b"1"), (REPLAY, b"1"), (ORIGIN_TOPIC, elsewhere.encode())]
+    forged = [(H_FORCE, b"1"), (H_REPLAY, b"1"), (H_ORIGIN_TOPIC, elsewhere.encode())]
     again = Message(pay.name, args=["o-1"], idempotency_key="pay-o-1")
     p.app.send_raw(p.topic, encode(again), headers=headers_of(again) + forged)
     bad = Message(refund.name, args=["o-2"])
@@ -84,7 +85,7 @@ def test_forged_control_headers_on_a_task_topic_are_ignored_by_the_worker(projec
     assert [e["order"] for e in p.effects("paid")] == ["o-1"], "ktasks-force on a task topic bypassed the ledger"
     assert "already succeeded" in w.log()
     [letter] = read_topic(p.bootstrap, p.topic + ".DLT", 1)
-    assert header(letter.headers, ORIGIN_TOPIC) == p.topic
+    assert header(letter.headers, H_ORIGIN_TOPIC) == p.topic
     topics = set(kafka_admin.list_topics())
     assert elsewhere not in topics and elsewhere + ".DLT" not in topics
     assert w.stop() == 0
