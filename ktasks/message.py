@@ -333,7 +333,9 @@ def decode(data: bytes | None) -> Message:
     except DecodeError:
         raise
     except msgpack.StackError as exc:
-        raise DecodeError(f"value nests lists or maps deeper than {MAX_DEPTH} levels") from exc
+        # The prefix is the one docs/protocol.md gives for the "too-deep" rejection.
+        raise DecodeError(f"value is not msgpack: StackError: lists or maps nested deeper than {MAX_DEPTH} "
+                          "levels") from exc
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise DecodeError(f"value is not msgpack: {type(exc).__name__}: {exc}") from exc
     if not isinstance(body, dict):
