@@ -25,7 +25,7 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
-from ..deadletter import DeadLetter
+from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
 from ..headers import delay_headers, retry_headers, trusted_marks
@@ -110,6 +110,9 @@ class PendingPublish:
     future: Any = None
     failures: int = 0
     next_try: float = 0.0
+    # What to send instead when the broker rejects the copy as too large for good: a smaller
+    # copy first, last a dead letter without the value. (description, send)
+    smaller: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -577,11 +580,16 @@ class Worker:
 
         def send() -> Any:
             faults.point("retry_publish")
-            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+            return self._send_checked(topic, value, job.record.key, headers)
+
+        def send_without_error() -> Any:
+            return self._send_checked(topic, value, job.record.key, headers[:-1])
 
         self.stats.retried += 1
         self.app.middleware.after("on_retry", message, delay_s, None)
-        self._publish(PendingPublish(job, "retry", send))
+        self._publish(PendingPublish(job, "retry", send, smaller=[
+            ("the retry copy without its ktasks-last-error header", send_without_error),
+            self._too_large_dead_letter(job, "retry", exc_type, exc_message)]))
 
     def _delay(self, job: Job, due: float, from_tier: bool) -> None:
         """Publish ``job``'s record, unchanged, to the delay tier of the time left until ``due``."""
@@ -594,16 +602,32 @@ class Worker:
                     job.message.id if job.message else "?", _clock(due), topic, extra=job.log_extra())
 
         def send() -> Any:
-            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+            return self._send_checked(topic, value, job.record.key, headers)
 
-        self._publish(PendingPublish(job, "delay", send))
+        self._publish(PendingPublish(job, "delay", send,
+                                     smaller=[self._too_large_dead_letter(job, "delay", None, None)]))
 
-    def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
-                     stacktrace: str | None = None) -> None:
+    def _send_checked(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        # A record the broker rejects as too large puts kafka-python's idempotent producer in
+        # a fatal state (every later send fails): check the topic's limit first.
+        check_size(self.app, topic, value, key, headers)
+        return self.app.send_raw(topic, value, key=key, headers=headers)
+
+    def _too_large_dead_letter(self, job: Job, kind: str, exc_type: str | None, exc_message: str | None
+                               ) -> tuple[str, Any]:
+        """The last resort for a copy too large for the broker: a dead letter without the value."""
+        dl = without_value(self._dead_letter_of(job, "too-large", exc_type, exc_message, None),
+                           f"the {kind} copy was rejected by the broker as too large")
+
+        def send() -> Any:
+            return publish_dead_letter(self.app, dl)
+
+        return "a dead letter without the value (reason too-large)", send
+
+    def _dead_letter_of(self, job: Job, reason: str, exc_type: str | None, exc_message: str | None,
+                        stacktrace: str | None) -> DeadLetter:
         r = job.record
-        if job.task is None:    # undecodable or unregistered: it never reached a child
-            self._report_finished(job, "dead_lettered", started=False, reason=reason)
-        dl = DeadLetter(
+        return DeadLetter(
             value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic, partition=r.partition,
             offset=r.offset, timestamp_ms=r.timestamp, timestamp_type=r.timestamp_type,
             origin_topic=job.origin_topic, reason=reason,
@@ -611,13 +635,25 @@ class Worker:
             attempts=(job.message.attempt + 1) if job.message else 0, group=self.group_id, host=self.host,
         )
 
+    def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
+                     stacktrace: str | None = None) -> None:
+        if job.task is None:    # undecodable or unregistered: it never reached a child
+            self._report_finished(job, "dead_lettered", started=False, reason=reason)
+        dl = self._dead_letter_of(job, reason, exc_type, exc_message, stacktrace)
+
         def send() -> Any:
             faults.point("dead_letter_publish")
             return publish_dead_letter(self.app, dl)
 
+        small = without_value(dl, "the dead letter was rejected by the broker as too large")
+
+        def send_small() -> Any:
+            return publish_dead_letter(self.app, small)
+
         self.stats.dead_lettered += 1
         self.app.middleware.after("on_dead_letter", job.message, reason)
-        self._publish(PendingPublish(job, "dead-letter", send))
+        self._publish(PendingPublish(job, "dead-letter", send,
+                                     smaller=[("the dead letter without its value", send_small)]))
 
     def _fenced(self, job: Job, what: str) -> bool:
         """True (and nothing is done) when ``job`` belongs to an assignment epoch we no longer own.
@@ -646,13 +682,38 @@ class Worker:
             self._publish_failed(pending, exc)
 
     def _publish_failed(self, pending: PendingPublish, exc: BaseException) -> None:
-        pending.failures += 1
         pending.future = None
+        if is_too_large(exc):
+            self._replace_failed_producer()
+        if is_too_large(exc) and pending.smaller:
+            # Sending the same copy again would fail the same way, forever, and hold the
+            # partition's committed offset: send something smaller instead, at once.
+            what, pending.send = pending.smaller.pop(0)
+            logger.warning("%s record for %s@%d rejected as too large (%s: %s); sending %s instead",
+                           pending.kind, pending.job.record.topic, pending.job.offset, type(exc).__name__, exc,
+                           what, extra=pending.job.log_extra())
+            self._try_send(pending)
+            return
+        pending.failures += 1
         backoff = min(30.0, 0.2 * 2 ** min(pending.failures, 8))
         pending.next_try = time.monotonic() + backoff
         logger.error("publishing %s record for %s@%d failed (%s: %s); its offset stays uncommitted, "
                      "trying again in %.1fs", pending.kind, pending.job.record.topic, pending.job.offset,
                      type(exc).__name__, exc, backoff, extra=pending.job.log_extra())
+
+    def _replace_failed_producer(self) -> None:
+        # kafka-python 3.0.12's idempotent producer takes a broker's "too large" answer as a
+        # fatal error and fails every record sent afterwards: replace it. The records it still
+        # held fail, and their publishes are tried again like any failed publish.
+        producer = self.app.producer.get()
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is None or not manager.has_fatal_error():
+            return
+        logger.warning("the producer is in a fatal state after a record too large for the broker; replacing it")
+        try:
+            self.app.producer.close(0.0)
+        except Exception as exc:  # a fatal producer may fail its last flush: it is closed anyway
+            logger.debug("closing the failed producer: %s", exc)
 
     def _pump_publishes(self) -> None:
         if not self.publishing:
