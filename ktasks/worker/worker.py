@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata
 from .. import faults
 from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
-from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost
 from ..headers import delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
@@ -48,6 +48,11 @@ EXIT_ERROR = 1     # could not start or failed
 EXIT_COLD = 3      # cold shutdown: in-flight (or unpublished) records were left, and will be redelivered
 EXIT_UNCOMMITTED = 4   # stopped, but finished records could not be committed: they will be delivered again
 
+#: How often the worker checks that its topics still exist.
+TOPIC_CHECK_S = 5.0
+
+#: Longest a commit may block the loop (kafka-python's default is 30 s); then it is retried.
+COMMIT_TIMEOUT_MS = 5000
 #: Longest each of the final commits at shutdown may block (kafka-python's default is 30 s).
 SHUTDOWN_COMMIT_TIMEOUT_MS = 5000
 
@@ -177,6 +182,8 @@ class Worker:
         self._idle_polls = 0
         self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
         self._published_end: dict[TopicPartition, int] = {}
+        self._next_topic_check = 0.0
+        self._exit_code: int | None = None      # set when the worker stops itself on an error
         self._pid = os.getpid()
         faults.configure(self.settings.faults)
 
@@ -221,6 +228,8 @@ class Worker:
                     logger.info("burst: backlog drained, stopping")
                     self._stop = True
             code = self._shutdown()
+            if self._exit_code is not None:
+                code = self._exit_code
         except BaseException:
             logger.exception("worker failed; killing children")
             self.pool.terminate()
@@ -261,6 +270,37 @@ class Worker:
             self._maybe_commit()
             if not self._stop:
                 self.pool.refill()     # children replaced during a rebalance callback start here
+                self._check_topics()
+
+    def _check_topics(self) -> None:
+        """Notice a deleted task or retry topic: recreate it, or stop with an error naming it.
+
+        Without this, kafka-python only logs that the topic is unknown, about twice a
+        second, forever; the worker neither recovers nor exits.
+        """
+        now = time.monotonic()
+        if now < self._next_topic_check:
+            return
+        self._next_topic_check = now + TOPIC_CHECK_S
+        subscribed = self.topics + list(self._retry_topics)
+        # Answered from the consumer's metadata; a topic missing there is fetched again once.
+        missing = [t for t in subscribed if not self.consumer.partitions_for_topic(t)]
+        if not missing:
+            return
+        if self.settings.auto_create_topics:
+            logger.warning("topic(s) %s no longer exist (deleted?): recreating them (auto_create_topics is on)",
+                           ", ".join(missing))
+            try:
+                self.app.forget_topics(missing)
+                self.app.ensure_topics(missing)
+            except KtasksError as exc:
+                logger.error("recreating %s failed: %s; trying again in %.0fs", ", ".join(missing), exc,
+                             TOPIC_CHECK_S)
+            return
+        logger.error("topic(s) %s no longer exist (deleted?) and auto_create_topics is off: stopping. Create "
+                     "them (ktasks topics create) and start the worker again", ", ".join(missing))
+        self._exit_code = EXIT_ERROR
+        self._stop = True
 
     def _drained(self) -> bool:
         if self._in_flight or self.ready or self.publishing or self._idle_polls < 3:
@@ -757,7 +797,9 @@ class Worker:
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
-            self.consumer.commit(offsets, timeout_ms=timeout_ms)
+            # Bounded: kafka-python retries a retriable error (a deleted topic's partition, a
+            # moving coordinator) for 30 s by default, with the whole loop stopped.
+            self.consumer.commit(offsets, timeout_ms=timeout_ms or COMMIT_TIMEOUT_MS)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
@@ -787,6 +829,8 @@ class Worker:
     def _commit_error(self, exc: BaseException, now: float) -> bool:
         retriable = bool(getattr(exc, "retriable", False))
         self._commit_failures += 1
+        if not self._stop:
+            self._check_topics()      # a deleted topic makes commits fail: say so, recreate it
         if self._commit_failing_since is None:
             self._commit_failing_since = now
         failing_for = now - self._commit_failing_since
