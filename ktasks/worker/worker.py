@@ -28,7 +28,7 @@ from .. import faults
 from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost
-from ..headers import delay_headers, retry_headers, trusted_marks
+from ..headers import LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import TaskEvent
@@ -623,7 +623,7 @@ class Worker:
             return self._send_checked(topic, value, job.record.key, headers)
 
         def send_without_error() -> Any:
-            return self._send_checked(topic, value, job.record.key, headers[:-1])
+            return self._send_checked(topic, value, job.record.key, [h for h in headers if h[0] != LAST_ERROR])
 
         self.stats.retried += 1
         self.app.middleware.after("on_retry", message, delay_s, None)
