@@ -287,6 +287,9 @@ class Worker:
         missing = [t for t in subscribed if not self.consumer.partitions_for_topic(t)]
         if not missing:
             return
+        # Forget their partitions first: committing our old offsets into a recreated topic
+        # would skip its first records.
+        self._drop([tp for tp in self.partitions if tp.topic in missing])
         if self.settings.auto_create_topics:
             logger.warning("topic(s) %s no longer exist (deleted?): recreating them (auto_create_topics is on)",
                            ", ".join(missing))

@@ -178,7 +178,8 @@ def test_failed_dead_letter_publish_leaves_the_offset_uncommitted(project: Any, 
     wait_until(lambda: w.log().count("publishing dead-letter record") >= 2, 30,
                message="the dead-letter publish was retried")
     assert p.committed(kafka_admin).get(0) in (None, 0), "offset 0 was never committed: it comes again"
-    assert w.stop(timeout_s=120) in (0, 3)
+    # 4: the records that finished behind it were left uncommitted (they come again).
+    assert w.stop(timeout_s=120) == 4
 
 
 def test_dlq_replay_runs_a_fixed_task_to_success(project: Any) -> None:
