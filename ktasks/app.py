@@ -314,6 +314,13 @@ class App:
                 self.topics.ensure(todo, partitions=partitions)
                 self._ensured.update(todo)
 
+    def forget_topics(self, topics: Iterable[str]) -> None:
+        """Forget that ``topics`` were checked, so the next ``ensure_topics`` creates them if missing."""
+        names = set(topics)
+        with self._ensure_lock:
+            self._ensured -= names
+        self.topics.forget(names)
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent from this process was acknowledged."""
         self.producer.flush(timeout_s)

@@ -42,13 +42,13 @@ import struct
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from .errors import DecodeError, KtasksError
 from .headers import (
@@ -69,9 +69,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "H_ORIGINAL_TOPIC", "H_ORIGINAL_PARTITION", "H_ORIGINAL_OFFSET", "H_ORIGINAL_TIMESTAMP",
     "H_ORIGINAL_TIMESTAMP_TYPE", "H_ORIGINAL_GROUP", "H_EXC_FQCN", "H_EXC_MESSAGE", "H_EXC_STACKTRACE",
-    "H_REASON", "H_ATTEMPTS", "H_HOST", "H_TIME", "H_ORIGIN_TOPIC", "H_REPLAY", "H_FORCE",
+    "H_REASON", "H_ATTEMPTS", "H_HOST", "H_TIME", "H_ORIGIN_TOPIC", "H_REPLAY", "H_FORCE", "H_VALUE_DROPPED",
     "REASONS", "DeadLetter", "DeadLetterError", "StoredDeadLetter",
-    "dead_letter_record", "publish", "exception_info", "is_dead_letter_header", "strip_dead_letter_headers",
+    "dead_letter_record", "publish", "without_value", "is_too_large", "check_size", "topic_max_bytes", "exception_info", "is_dead_letter_header", "strip_dead_letter_headers",
     "replay_headers", "int_header", "dead_letter_topics", "iter_dead_letters", "replay", "purge", "pending_counts",
 ]
 
@@ -93,6 +93,8 @@ H_HOST = "ktasks-dlt-host"
 H_TIME = "ktasks-dlt-time"
 # The control headers (H_ORIGIN_TOPIC, H_REPLAY, H_FORCE), and which records they are
 # trusted on, are in ktasks.headers; imported above and re-exported.
+#: On a dead letter published without its value (too large for the broker): why, and its size.
+H_VALUE_DROPPED = "ktasks-dlt-value-dropped"
 
 #: Why a record was dead-lettered; the value of ``ktasks-dlt-reason``. See docs/dead-letters.md.
 REASONS = (
@@ -106,6 +108,7 @@ REASONS = (
     "worker-lost",        # the child running it died (signal, os._exit, OOM kill)
     "time-limit",         # ran past its hard time limit and was killed
     "expired",            # reached a worker after its expires time; not run
+    "too-large",          # its retry (or delay) copy was too large for the broker, even without error headers
 )
 
 #: Longest exception message and stack trace kept in the headers, in bytes (UTF-8).
@@ -151,6 +154,8 @@ class DeadLetter:
     host: str = field(default_factory=socket.gethostname)
     #: kafka-python's ``ConsumerRecord.timestamp_type`` (0 CreateTime, 1 LogAppendTime), if known.
     timestamp_type: int | None = None
+    #: Set when the value was left out because the record was too large: why (``H_VALUE_DROPPED``).
+    value_dropped: str | None = None
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
@@ -244,6 +249,8 @@ def dead_letter_record(dl: DeadLetter, max_bytes: int | None = None
     headers.append((H_ORIGINAL_GROUP, dl.group.encode()))
     if dl.exc_type is not None:
         headers.append((H_EXC_FQCN, dl.exc_type.encode()))
+    if dl.value_dropped is not None:
+        headers.append((H_VALUE_DROPPED, dl.value_dropped.encode()))
     headers += [
         (H_REASON, dl.reason.encode()),
         (H_ATTEMPTS, str(dl.attempts).encode()),
@@ -267,6 +274,77 @@ def dead_letter_record(dl: DeadLetter, max_bytes: int | None = None
     if stack is not None:
         headers.append((H_EXC_STACKTRACE, stack))
     return dl.value, dl.key, headers
+
+
+#: What is kept of the exception message on a dead letter sent without its value.
+_SMALL_EXC_MESSAGE_BYTES = 1000
+
+
+def is_too_large(exc: BaseException | None) -> bool:
+    """True when a send failed because the record is too large for the broker (or the producer).
+
+    That is final for that record: sending it again fails the same way.
+    """
+    while exc is not None:
+        if isinstance(exc, (MessageSizeTooLargeError, RecordListTooLargeError)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+#: Kafka's default ``max.message.bytes`` of a topic (``message.max.bytes`` of the broker).
+_KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
+#: A record batch's own bytes around one record (batch header, record framing), rounded up.
+_BATCH_OVERHEAD = 128
+_topic_limits: dict[tuple[str, str], int] = {}
+
+
+def topic_max_bytes(app: App, topic: str) -> int | None:
+    """The largest record batch ``topic`` accepts (its ``max.message.bytes``), or None if unknown.
+
+    Looked up once per topic. Knowing it matters: kafka-python 3.0.12's idempotent
+    producer treats a broker's "too large" answer as fatal, and fails every record it
+    sends afterwards.
+    """
+    cache_key = (app.settings.bootstrap_servers, topic)
+    if cache_key not in _topic_limits:
+        try:
+            from kafka.admin import ConfigResource, ConfigResourceType
+
+            described = app.topics.admin().describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        except (KafkaError, KtasksError) as exc:
+            logger.debug("cannot read max.message.bytes of %s: %s", topic, exc)
+            return None
+        # Only settings that differ from the broker's defaults are listed.
+        entry = (described.get("topic") or {}).get(topic) or {}
+        value = (entry.get("max.message.bytes") or {}).get("value")
+        _topic_limits[cache_key] = int(value) if value else _KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    return _topic_limits[cache_key]
+
+
+def check_size(app: App, topic: str, value: bytes | None, key: bytes | None,
+               headers: Sequence[tuple[str, bytes]]) -> None:
+    """Raise ``MessageSizeTooLargeError`` before sending a record ``topic`` would reject as too large."""
+    limit = topic_max_bytes(app, topic)
+    size = (len(value or b"") + len(key or b"") + _BATCH_OVERHEAD
+            + sum(len(k.encode()) + len(v or b"") + 8 for k, v in headers))
+    if limit is not None and size > limit:
+        raise MessageSizeTooLargeError(f"a record of about {size} bytes is over {topic}'s max.message.bytes={limit}")
+
+
+def without_value(dl: DeadLetter, why: str) -> DeadLetter:
+    """``dl`` without its value and stack trace, and a short exception message, saying ``why``.
+
+    For a dead letter (or a retry copy) the broker rejected as too large: the record
+    still reaches the dead-letter topic with everything needed to find the original
+    (topic, partition, offset) and the reason, and its partition moves on.
+    """
+    size = len(dl.value or b"")
+    message = (_truncate(dl.exc_message, _SMALL_EXC_MESSAGE_BYTES, False).decode()
+               if dl.exc_message is not None else None)
+    # Empty, not None: kafka-python refuses a record with neither key nor value.
+    return replace(dl, value=b"", stacktrace=None, exc_message=message,
+                   value_dropped=f"value of {size} bytes left out: {why}")
 
 
 def publish(app: App, dl: DeadLetter, dlt_partitions: int | None = None) -> Any:

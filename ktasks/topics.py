@@ -137,6 +137,11 @@ class TopicManager:
                     return count
         return None
 
+    def forget(self, topics: Iterable[str]) -> None:
+        """Drop cached partition counts (the topics may have been deleted since)."""
+        for topic in topics:
+            self._known.pop(topic, None)
+
     def ensure(self, topics: Iterable[str], partitions: int | None = None,
                replication_factor: int | None = None, configs: dict[str, str] | None = None
                ) -> list[TopicReport]:

@@ -25,6 +25,7 @@ from ktasks.deadletter import (
     H_REASON,
     H_REPLAY,
     H_TIME,
+    H_VALUE_DROPPED,
     MAX_STACKTRACE_BYTES,
     REASONS,
     DeadLetter,
@@ -32,12 +33,14 @@ from ktasks.deadletter import (
     dead_letter_topics,
     exception_info,
     int_header,
+    is_too_large,
     iter_dead_letters,
     pending_counts,
     publish,
     purge,
     replay,
     replay_headers,
+    without_value,
 )
 from ktasks.message import HEADER_ID, HEADER_TASK, Message, encode, header, headers_of
 from tests.fixtures.app import read_topic
@@ -300,3 +303,31 @@ def test_read_tail_replay_and_purge(app: App, kafka_admin: Any, kafka_bootstrap:
     assert purge(app, [dlt_topic]) == 5
     assert list(iter_dead_letters(app, [dlt_topic])) == []
     assert purge(app, [dlt_topic]) == 0
+
+
+def test_a_dead_letter_without_its_value_says_why_and_keeps_where_it_came_from() -> None:
+    dl = _dead_letter(value=b"v" * 5000, exc_message="m" * 5000, stacktrace="s" * 5000)
+    small = without_value(dl, "the retry copy was rejected by the broker as too large")
+    value, key, headers = dead_letter_record(small)
+    assert value == b"" and key == dl.key
+    assert "5000 bytes left out: the retry copy was rejected" in header(headers, H_VALUE_DROPPED)
+    assert H_EXC_STACKTRACE not in dict(headers)
+    assert len(dict(headers)[H_EXC_MESSAGE]) <= 1000
+    assert struct.unpack(">q", dict(headers)[H_ORIGINAL_OFFSET])[0] == dl.offset
+    assert dl.value == b"v" * 5000, "the original dead letter is unchanged"
+
+
+def test_too_large_is_recognised_through_ktasks_errors() -> None:
+    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    from ktasks.errors import EnqueueError
+
+    try:
+        try:
+            raise MessageSizeTooLargeError("too big")
+        except MessageSizeTooLargeError as exc:
+            raise EnqueueError("sending failed") from exc
+    except EnqueueError as wrapped:
+        assert is_too_large(wrapped)
+    assert not is_too_large(KafkaTimeoutError("slow"))
+    assert not is_too_large(None)

@@ -25,10 +25,10 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from .. import faults
-from ..deadletter import DeadLetter
+from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
-from ..errors import DecodeError, TimeLimitExceeded, WorkerError, WorkerLost
-from ..headers import delay_headers, retry_headers, trusted_marks
+from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import TaskEvent
@@ -48,6 +48,11 @@ EXIT_ERROR = 1     # could not start or failed
 EXIT_COLD = 3      # cold shutdown: in-flight (or unpublished) records were left, and will be redelivered
 EXIT_UNCOMMITTED = 4   # stopped, but finished records could not be committed: they will be delivered again
 
+#: How often the worker checks that its topics still exist.
+TOPIC_CHECK_S = 5.0
+
+#: Longest a commit may block the loop (kafka-python's default is 30 s); then it is retried.
+COMMIT_TIMEOUT_MS = 5000
 #: Longest each of the final commits at shutdown may block (kafka-python's default is 30 s).
 SHUTDOWN_COMMIT_TIMEOUT_MS = 5000
 
@@ -110,6 +115,9 @@ class PendingPublish:
     future: Any = None
     failures: int = 0
     next_try: float = 0.0
+    # What to send instead when the broker rejects the copy as too large for good: a smaller
+    # copy first, last a dead letter without the value. (description, send)
+    smaller: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +182,8 @@ class Worker:
         self._idle_polls = 0
         self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
         self._published_end: dict[TopicPartition, int] = {}
+        self._next_topic_check = 0.0
+        self._exit_code: int | None = None      # set when the worker stops itself on an error
         self._pid = os.getpid()
         faults.configure(self.settings.faults)
 
@@ -218,6 +228,8 @@ class Worker:
                     logger.info("burst: backlog drained, stopping")
                     self._stop = True
             code = self._shutdown()
+            if self._exit_code is not None:
+                code = self._exit_code
         except BaseException:
             logger.exception("worker failed; killing children")
             self.pool.terminate()
@@ -258,6 +270,40 @@ class Worker:
             self._maybe_commit()
             if not self._stop:
                 self.pool.refill()     # children replaced during a rebalance callback start here
+                self._check_topics()
+
+    def _check_topics(self) -> None:
+        """Notice a deleted task or retry topic: recreate it, or stop with an error naming it.
+
+        Without this, kafka-python only logs that the topic is unknown, about twice a
+        second, forever; the worker neither recovers nor exits.
+        """
+        now = time.monotonic()
+        if now < self._next_topic_check:
+            return
+        self._next_topic_check = now + TOPIC_CHECK_S
+        subscribed = self.topics + list(self._retry_topics)
+        # Answered from the consumer's metadata; a topic missing there is fetched again once.
+        missing = [t for t in subscribed if not self.consumer.partitions_for_topic(t)]
+        if not missing:
+            return
+        # Forget their partitions first: committing our old offsets into a recreated topic
+        # would skip its first records.
+        self._drop([tp for tp in self.partitions if tp.topic in missing])
+        if self.settings.auto_create_topics:
+            logger.warning("topic(s) %s no longer exist (deleted?): recreating them (auto_create_topics is on)",
+                           ", ".join(missing))
+            try:
+                self.app.forget_topics(missing)
+                self.app.ensure_topics(missing)
+            except KtasksError as exc:
+                logger.error("recreating %s failed: %s; trying again in %.0fs", ", ".join(missing), exc,
+                             TOPIC_CHECK_S)
+            return
+        logger.error("topic(s) %s no longer exist (deleted?) and auto_create_topics is off: stopping. Create "
+                     "them (ktasks topics create) and start the worker again", ", ".join(missing))
+        self._exit_code = EXIT_ERROR
+        self._stop = True
 
     def _drained(self) -> bool:
         if self._in_flight or self.ready or self.publishing or self._idle_polls < 3:
@@ -577,11 +623,16 @@ class Worker:
 
         def send() -> Any:
             faults.point("retry_publish")
-            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+            return self._send_checked(topic, value, job.record.key, headers)
+
+        def send_without_error() -> Any:
+            return self._send_checked(topic, value, job.record.key, [h for h in headers if h[0] != H_LAST_ERROR])
 
         self.stats.retried += 1
         self.app.middleware.after("on_retry", message, delay_s, None)
-        self._publish(PendingPublish(job, "retry", send))
+        self._publish(PendingPublish(job, "retry", send, smaller=[
+            ("the retry copy without its ktasks-last-error header", send_without_error),
+            self._too_large_dead_letter(job, "retry", exc_type, exc_message)]))
 
     def _delay(self, job: Job, due: float, from_tier: bool) -> None:
         """Publish ``job``'s record, unchanged, to the delay tier of the time left until ``due``."""
@@ -594,16 +645,32 @@ class Worker:
                     job.message.id if job.message else "?", _clock(due), topic, extra=job.log_extra())
 
         def send() -> Any:
-            return self.app.send_raw(topic, value, key=job.record.key, headers=headers)
+            return self._send_checked(topic, value, job.record.key, headers)
 
-        self._publish(PendingPublish(job, "delay", send))
+        self._publish(PendingPublish(job, "delay", send,
+                                     smaller=[self._too_large_dead_letter(job, "delay", None, None)]))
 
-    def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
-                     stacktrace: str | None = None) -> None:
+    def _send_checked(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        # A record the broker rejects as too large puts kafka-python's idempotent producer in
+        # a fatal state (every later send fails): check the topic's limit first.
+        check_size(self.app, topic, value, key, headers)
+        return self.app.send_raw(topic, value, key=key, headers=headers)
+
+    def _too_large_dead_letter(self, job: Job, kind: str, exc_type: str | None, exc_message: str | None
+                               ) -> tuple[str, Any]:
+        """The last resort for a copy too large for the broker: a dead letter without the value."""
+        dl = without_value(self._dead_letter_of(job, "too-large", exc_type, exc_message, None),
+                           f"the {kind} copy was rejected by the broker as too large")
+
+        def send() -> Any:
+            return publish_dead_letter(self.app, dl)
+
+        return "a dead letter without the value (reason too-large)", send
+
+    def _dead_letter_of(self, job: Job, reason: str, exc_type: str | None, exc_message: str | None,
+                        stacktrace: str | None) -> DeadLetter:
         r = job.record
-        if job.task is None:    # undecodable or unregistered: it never reached a child
-            self._report_finished(job, "dead_lettered", started=False, reason=reason)
-        dl = DeadLetter(
+        return DeadLetter(
             value=r.value, key=r.key, headers=list(r.headers or []), topic=r.topic, partition=r.partition,
             offset=r.offset, timestamp_ms=r.timestamp, timestamp_type=r.timestamp_type,
             origin_topic=job.origin_topic, reason=reason,
@@ -611,13 +678,25 @@ class Worker:
             attempts=(job.message.attempt + 1) if job.message else 0, group=self.group_id, host=self.host,
         )
 
+    def _dead_letter(self, job: Job, reason: str, exc_type: str | None = None, exc_message: str | None = None,
+                     stacktrace: str | None = None) -> None:
+        if job.task is None:    # undecodable or unregistered: it never reached a child
+            self._report_finished(job, "dead_lettered", started=False, reason=reason)
+        dl = self._dead_letter_of(job, reason, exc_type, exc_message, stacktrace)
+
         def send() -> Any:
             faults.point("dead_letter_publish")
             return publish_dead_letter(self.app, dl)
 
+        small = without_value(dl, "the dead letter was rejected by the broker as too large")
+
+        def send_small() -> Any:
+            return publish_dead_letter(self.app, small)
+
         self.stats.dead_lettered += 1
         self.app.middleware.after("on_dead_letter", job.message, reason)
-        self._publish(PendingPublish(job, "dead-letter", send))
+        self._publish(PendingPublish(job, "dead-letter", send,
+                                     smaller=[("the dead letter without its value", send_small)]))
 
     def _fenced(self, job: Job, what: str) -> bool:
         """True (and nothing is done) when ``job`` belongs to an assignment epoch we no longer own.
@@ -646,13 +725,38 @@ class Worker:
             self._publish_failed(pending, exc)
 
     def _publish_failed(self, pending: PendingPublish, exc: BaseException) -> None:
-        pending.failures += 1
         pending.future = None
+        if is_too_large(exc):
+            self._replace_failed_producer()
+        if is_too_large(exc) and pending.smaller:
+            # Sending the same copy again would fail the same way, forever, and hold the
+            # partition's committed offset: send something smaller instead, at once.
+            what, pending.send = pending.smaller.pop(0)
+            logger.warning("%s record for %s@%d rejected as too large (%s: %s); sending %s instead",
+                           pending.kind, pending.job.record.topic, pending.job.offset, type(exc).__name__, exc,
+                           what, extra=pending.job.log_extra())
+            self._try_send(pending)
+            return
+        pending.failures += 1
         backoff = min(30.0, 0.2 * 2 ** min(pending.failures, 8))
         pending.next_try = time.monotonic() + backoff
         logger.error("publishing %s record for %s@%d failed (%s: %s); its offset stays uncommitted, "
                      "trying again in %.1fs", pending.kind, pending.job.record.topic, pending.job.offset,
                      type(exc).__name__, exc, backoff, extra=pending.job.log_extra())
+
+    def _replace_failed_producer(self) -> None:
+        # kafka-python 3.0.12's idempotent producer takes a broker's "too large" answer as a
+        # fatal error and fails every record sent afterwards: replace it. The records it still
+        # held fail, and their publishes are tried again like any failed publish.
+        producer = self.app.producer.get()
+        manager = getattr(producer, "_transaction_manager", None)
+        if manager is None or not manager.has_fatal_error():
+            return
+        logger.warning("the producer is in a fatal state after a record too large for the broker; replacing it")
+        try:
+            self.app.producer.close(0.0)
+        except Exception as exc:  # a fatal producer may fail its last flush: it is closed anyway
+            logger.debug("closing the failed producer: %s", exc)
 
     def _pump_publishes(self) -> None:
         if not self.publishing:
@@ -696,7 +800,9 @@ class Worker:
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
-            self.consumer.commit(offsets, timeout_ms=timeout_ms)
+            # Bounded: kafka-python retries a retriable error (a deleted topic's partition, a
+            # moving coordinator) for 30 s by default, with the whole loop stopped.
+            self.consumer.commit(offsets, timeout_ms=timeout_ms or COMMIT_TIMEOUT_MS)
         except (CommitFailedError, RebalanceInProgressError) as exc:
             self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
@@ -726,6 +832,8 @@ class Worker:
     def _commit_error(self, exc: BaseException, now: float) -> bool:
         retriable = bool(getattr(exc, "retriable", False))
         self._commit_failures += 1
+        if not self._stop:
+            self._check_topics()      # a deleted topic makes commits fail: say so, recreate it
         if self._commit_failing_since is None:
             self._commit_failing_since = now
         failing_for = now - self._commit_failing_since

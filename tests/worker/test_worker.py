@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from ktasks.deadletter import StoredDeadLetter
 from tests.fixtures.worker import wait_effects
-from tests.helpers import wait_until
+from tests.helpers import create_topic, wait_until
 
 
 def _count_lines(log: str, needle: str) -> int:
@@ -200,3 +200,42 @@ def test_garbage_and_unregistered_records_are_dead_lettered_and_the_worker_goes_
     assert by_offset[1].exc_type == "ktasks.errors.TaskNotRegistered"
     assert all(d.original_topic == p.topic for d in letters)
     assert w.stop() == 0
+
+
+def test_a_deleted_task_topic_is_recreated_when_auto_creation_is_on(project: Any, kafka_admin: Any) -> None:
+    p = project("""
+        @app.task
+        def note(n):
+            effect("note", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    p.app_module.note.delay(1)
+    p.app.flush()
+    wait_effects(p, "note", 1)
+    kafka_admin.delete_topics([p.topic])
+    w.wait_for_log("no longer exist")
+    assert p.topic in w.log().split("no longer exist")[0].splitlines()[-1], "the log line names the topic"
+    wait_until(lambda: p.topic in kafka_admin.list_topics(), 60, message="the task topic was recreated")
+    p.app_module.note.delay(2)
+    p.app.flush()
+    wait_effects(p, "note", 2, timeout_s=90)
+    assert w.stop() == 0
+
+
+def test_a_deleted_task_topic_stops_the_worker_with_an_error_when_auto_creation_is_off(
+        project: Any, kafka_admin: Any) -> None:
+    p = project("""
+        @app.task
+        def note(n):
+            effect("note", n=n)
+    """, partitions=1, auto_create_topics=False)
+    for topic in [p.topic, p.topic + ".DLT"] + p.app.retry_topics(p.topic):
+        create_topic(kafka_admin, topic)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    kafka_admin.delete_topics([p.topic])
+    code = w.wait(timeout_s=90)
+    assert code == 1
+    line = next(x for x in w.log().splitlines() if "no longer exist" in x)
+    assert p.topic in line and "auto_create_topics is off" in line
