@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from ktasks.headers import ID, TASK
+from ktasks.headers import H_ID, H_TASK
 from ktasks.message import Message, encode
 from tests.fixtures.worker import wait_effects
 
@@ -32,7 +32,7 @@ def test_worker_runs_tasks_from_compressed_batches(project: Any, codec: str) -> 
         for n in range(5):
             message = Message(task=name, args=[n, 1], kwargs={})
             raw.send(p.topic, encode(message),
-                     headers=[(TASK, name.encode()), (ID, message.id.encode())])
+                     headers=[(H_TASK, name.encode()), (H_ID, message.id.encode())])
         raw.flush(timeout=30)
     finally:
         raw.close()
