@@ -37,6 +37,7 @@ from .errors import (
     LedgerError,
     MessageTooLarge,
     PoisonMessage,
+    Rejected,
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
@@ -50,17 +51,18 @@ from .errors import (
     WorkerLost,
 )
 from .message import Message
-from .middleware import Middleware
+from .middleware import Defer, Intake, Middleware, Reject, Skip
 from .settings import SETTINGS, Settings
 from .task import EagerResult, SendHandle, SentRecord, Task, TaskContext
 
 __all__ = [
     "App", "Task", "TaskContext", "SendHandle", "SentRecord", "EagerResult", "Message", "Middleware",
+    "Intake", "Skip", "Defer", "Reject",
     "Settings", "SETTINGS",
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
     "TaskError", "Retry", "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLost", "PoisonMessage",
-    "TaskExpired", "TaskCancelled", "UnsupportedOption", "LedgerError",
+    "TaskExpired", "TaskCancelled", "UnsupportedOption", "LedgerError", "Rejected",
 ]
 
 __version__ = "0.1.0"

@@ -144,7 +144,7 @@ class App:
                 # Still allowed (tests define tasks inside functions), but a worker can
                 # only run it if the module defines it identically at import time.
                 logger.debug("task %s is defined in a function", name)
-            opts = TaskOptions.build(name, options)
+            opts = TaskOptions.build(name, options, self.middleware.task_options())
             if opts.ledger_transaction and inspect.iscoroutinefunction(func):
                 raise ConfigurationError(f"task {name!r}: ledger_transaction=True is not supported for async def "
                                          "tasks (the SQLite transaction would be held across awaits)")
@@ -250,6 +250,8 @@ class App:
         if kbytes is not None and not isinstance(kbytes, bytes):
             raise EncodeError(f"task {name!r}: key must be str or bytes, got {type(key).__name__}")
         hdrs = headers_of(message, headers)
+        if len(self.middleware):
+            hdrs.extend(self.middleware.headers(message, topic))
         size = len(value) + 128
         if kbytes:
             size += len(kbytes)

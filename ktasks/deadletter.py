@@ -106,6 +106,7 @@ REASONS = (
     "unregistered",       # the task name is not registered with the worker's app
     "commit-failed",      # finished, but its offset could not be committed before the deadline
     "worker-lost",        # the child running it died (signal, os._exit, OOM kill)
+    "rejected",           # a middleware's intake hook refused it (ktasks.Reject), or the hook raised
     "time-limit",         # ran past its hard time limit and was killed
     "expired",            # reached a worker after its expires time; not run
     "too-large",          # its retry (or delay) copy was too large for the broker, even without error headers

@@ -118,6 +118,10 @@ class TaskExpired(TaskError):
     """A task reached a worker after its ``expires`` time; it is dead-lettered with reason ``expired``."""
 
 
+class Rejected(TaskError):
+    """A middleware's intake hook refused a record (:class:`ktasks.Reject`); it is dead-lettered unrun."""
+
+
 class PoisonMessage(TaskError):
     """A message started ``max_starts`` times without ever finishing."""
 

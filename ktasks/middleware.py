@@ -5,7 +5,14 @@ Middleware is given to the app (``App(..., middleware=[...])`` or
 reverse order for ``after_*`` hooks, like dramatiq's. Hooks run in the process
 where the event happens: enqueue hooks in the caller's process, task hooks in
 the worker child that runs the task, worker hooks in the worker parent.
-An exception raised by a hook is logged and does not stop the others.
+An exception raised by an observer hook is logged and does not stop the
+others; ``before_enqueue`` may raise to refuse a send, and ``intake`` may
+answer with a decision (:class:`Skip`, :class:`Defer`, :class:`Reject`).
+
+Each middleware declares the task options it owns in :attr:`Middleware.task_options`;
+``@app.task(...)`` accepts those besides the core ones and rejects the rest, so
+a typo in an option name fails at import time, not in production. Add
+middleware before declaring the tasks that use its options.
 """
 
 from __future__ import annotations
@@ -13,18 +20,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 if TYPE_CHECKING:
     from kafka import TopicPartition
 
     from .message import Message
-    from .task import TaskContext
+    from .task import Task, TaskContext
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES"]
+__all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES", "Intake", "Skip", "Defer", "Reject",
+           "Decision"]
 
 #: What can become of a record the worker took, one per record (see :class:`TaskEvent`):
 #: ``succeeded``; ``skipped`` (the ledger had it done); ``retried`` (failed, republished to a retry
@@ -70,14 +78,107 @@ class TaskEvent:
                    record.offset, run_time_s, queued, reason)
 
 
+@dataclass(frozen=True)
+class Intake:
+    """A record the worker parent took and decoded, before it is queued for a child.
+
+    ``headers`` are the record's headers as sent; only ktasks' own reserved
+    headers on ktasks' own topics are trusted (see :mod:`ktasks.headers`).
+    ``origin_topic`` is the task topic the record belongs to (a retry or delay
+    tier's record names its task topic); ``replay`` is true for a record
+    replayed from the dead-letter topic by an operator.
+    """
+
+    message: Message
+    task: Task[..., Any]
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    origin_topic: str = ""
+    replay: bool = False
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Intake decision: do not run the record; it counts as finished and its offset is committed.
+
+    ``outcome`` is what middleware observers see (``skipped``, ``revoked`` or
+    ``expired``); ``reason`` goes to the log.
+    """
+
+    outcome: str = "skipped"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Intake decision: not yet; offer the record to intake again at ``until`` (epoch seconds).
+
+    The record keeps its place for its key (records with the same key wait
+    behind it) but never holds up other keys of its partition. Its offset
+    stays uncommitted until it finishes.
+    """
+
+    until: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Intake decision: never run the record; send it to the dead-letter topic.
+
+    The dead letter's reason is ``rejected``; ``message`` says why (it becomes
+    ``kafka_dlt-exception-message``), ``exc_type`` names the refusal's kind
+    (``kafka_dlt-exception-fqcn``, default ``ktasks.errors.Rejected``). It can
+    be replayed like any dead letter.
+    """
+
+    message: str
+    exc_type: str = "ktasks.errors.Rejected"
+
+
+Decision: TypeAlias = "Skip | Defer | Reject"
+
+
 class Middleware:
-    """Base class: every hook is a no-op."""
+    """Base class: every hook is a no-op.
+
+    ``task_options`` names the ``@app.task(...)`` options this middleware
+    owns, with their defaults (``{"rate_limit": None}``); a task's value is
+    ``task.option(name)``.
+    """
+
+    task_options: ClassVar[Mapping[str, Any]] = {}
 
     def before_enqueue(self, message: Message, topic: str) -> None:
         """Called before a message is sent; raising here prevents the send."""
 
+    def enqueue_headers(self, message: Message, topic: str) -> Iterable[tuple[str, bytes]] | None:
+        """Called before a message is sent: headers to add to its record.
+
+        Names starting ``ktasks-`` are reserved for ktasks' own middleware.
+        """
+        return None
+
     def after_enqueue(self, message: Message, topic: str) -> None:
         """Called after ``send`` was called (not after the broker acknowledged)."""
+
+    def intake(self, record: Intake) -> Decision | None:
+        """Called in the worker parent for each decoded record of a registered task, in order.
+
+        Return ``None`` to let it through, or a decision; the first middleware
+        that decides wins and the rest are not asked. Runs on the worker's
+        loop for every record: keep it quick (no I/O).
+        """
+        return None
+
+    def child_started(self, app: Any) -> None:
+        """Called in each worker child once the app is imported, before its first task."""
+
+    def child_stopping(self, app: Any) -> None:
+        """Called in a worker child when it stops cleanly (not when it is killed)."""
 
     def before_task(self, ctx: TaskContext) -> None:
         """Called in the child right before the task function runs."""
@@ -130,6 +231,41 @@ class MiddlewareStack:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def task_options(self) -> dict[str, Any]:
+        """Every task option the stack's middleware declare, with its default."""
+        options: dict[str, Any] = {}
+        for item in self._items:
+            options.update(item.task_options)
+        return options
+
+    def decide(self, record: Intake) -> Decision | None:
+        """The first ``intake`` decision of the stack, in order (``None``: run it).
+
+        A middleware that raises rejects the record (it goes to the dead-letter
+        topic, from where it can be replayed): the hook may be the one that
+        would have refused it, and running a task cannot be undone.
+        """
+        for item in self._items:
+            try:
+                decision = item.intake(record)
+            except Exception as exc:
+                logger.exception("middleware %s.intake failed on %s@%d: dead-lettering the record",
+                                 type(item).__name__, record.topic, record.offset)
+                return Reject(f"{type(item).__name__}.intake raised {type(exc).__name__}: {exc}",
+                              exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}")
+            if decision is not None:
+                return decision
+        return None
+
+    def headers(self, message: Message, topic: str) -> list[tuple[str, bytes]]:
+        """Headers the stack adds to an outgoing record (``enqueue_headers``), in order."""
+        out: list[tuple[str, bytes]] = []
+        for item in self._items:
+            extra = item.enqueue_headers(message, topic)
+            if extra:
+                out.extend(extra)
+        return out
 
     def before(self, hook: str, *args: Any, strict: bool = False) -> None:
         for item in self._items:

@@ -48,11 +48,18 @@ class TaskOptions:
     time_limit_s: float | None = None
     max_starts: int | None = None
     ledger_transaction: bool = False
+    #: Options owned by middleware (``Middleware.task_options``), as given.
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any]) -> TaskOptions:
+    def build(cls, name: str, options: Mapping[str, Any],
+              middleware_options: Mapping[str, Any] | None = None) -> TaskOptions:
+        """Check and translate ``@app.task`` options; ``middleware_options`` are those the app's middleware own."""
+        owned = dict(middleware_options or {})
+        core = set(cls.__dataclass_fields__) - {"name", "extra"}
         # Celery's names are accepted (docs/celery.md); what Kafka cannot honour is refused.
-        opts = translate(options, where=f"task {name!r}", known=set(cls.__dataclass_fields__) - {"name"})
+        opts = translate(options, where=f"task {name!r}", known=core | set(owned))
+        extra = {k: opts.pop(k) for k in list(opts) if k in owned and k not in core}
         retry_for = opts.get("retry_for", (Exception,))
         if isinstance(retry_for, type):
             retry_for = (retry_for,)
@@ -66,7 +73,7 @@ class TaskOptions:
         if opts.get("ledger_transaction") and not opts.get("bind"):
             raise ConfigurationError(f"task {name!r}: ledger_transaction=True needs bind=True "
                                      "(the transaction is ctx.ledger)")
-        return cls(name=name, **opts)
+        return cls(name=name, extra=extra, **opts)
 
 
 @dataclass
@@ -229,6 +236,12 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A middleware-owned option of this task (``@app.task(rate_limit=...)``), else its declared default."""
+        if name in self.options.extra:
+            return self.options.extra[name]
+        return self.app.middleware.task_options().get(name, default)
 
     def run(self, ctx: TaskContext) -> Any:
         """Run the function for a message (used by the worker and eager mode)."""

@@ -293,12 +293,14 @@ def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_p
         if overrides:
             # Settings the worker was started with (CLI flags) win over the module's.
             app.settings = app.settings.replace(**overrides)
+        app.middleware.before("child_started", app)
         if any(t.is_async for t in app.tasks.values()):
             from .aio import AsyncChild  # async def tasks: an event loop in this child
 
             AsyncChild(app, index, conn, state, parent_pid).serve()
         else:
             Child(app, index, conn, state, parent_pid).serve()
+        app.middleware.after("child_stopping", app)
     except Exception:
         logger.exception("child %d crashed", index)
         raise

@@ -31,7 +31,7 @@ from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, W
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
-from ..middleware import TaskEvent
+from ..middleware import Defer, Intake, Reject, Skip, TaskEvent
 from ..readiness import wait_for_cluster
 from . import offsetmap
 from .child import DEAD, OK, POISON, RETRY, SKIP
@@ -378,6 +378,25 @@ class Worker:
                                   f"task {job.message.task!r} is not registered with app {self.app.name!r}")
                 continue
             due = job.message.due
+            if len(self.app.middleware) and not (due is not None and due > now):
+                decision = self.app.middleware.decide(Intake(
+                    job.message, job.task, record.topic, record.partition, record.offset, record.key,
+                    list(record.headers or []), job.origin_topic, job.replay))
+                if isinstance(decision, Skip):
+                    logger.info("task %s[%s] not run: %s%s", job.message.task, job.message.id, decision.outcome,
+                                f" ({decision.reason})" if decision.reason else "", extra=job.log_extra())
+                    job.takes_key = False
+                    self.stats.skipped += 1
+                    self._report_finished(job, decision.outcome, started=False, reason=decision.reason)
+                    self._complete(job)
+                    continue
+                if isinstance(decision, Reject):
+                    job.takes_key = False
+                    self._report_finished(job, "dead_lettered", started=False, reason="rejected")
+                    self._dead_letter(job, "rejected", decision.exc_type, decision.message)
+                    continue
+                if isinstance(decision, Defer):
+                    due = decision.until
             if due is not None and due > now:
                 tier_s = self._tier_s.get(tp.topic)
                 if tier_s is None or ps.capped_hold == record.offset:
