@@ -19,7 +19,7 @@ from .celery_names import absolute_time, translate
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
 from .headers import H_ORIGIN_TOPIC
 from .message import Message, decode, encode, headers_of, new_id
-from .middleware import Middleware, MiddlewareStack
+from .middleware import Middleware, MiddlewareStack, default_middleware
 from .producer import ProducerHolder, translate_send_error
 from .settings import Settings
 from .task import EagerResult, SendHandle, Task, TaskOptions
@@ -66,7 +66,7 @@ class App:
         self.name = name
         self.settings = Settings(settings)
         self.tasks: dict[str, Task[..., Any]] = {}
-        self.middleware = MiddlewareStack(middleware)
+        self.middleware = MiddlewareStack([*default_middleware(), *middleware])
         self.client_id = self.settings.client_id or f"ktasks-{name}"
         self.producer = ProducerHolder(self.settings, self.client_id)
         from .topics import TopicManager
@@ -145,6 +145,7 @@ class App:
                 # only run it if the module defines it identically at import time.
                 logger.debug("task %s is defined in a function", name)
             opts = TaskOptions.build(name, options, self.middleware.task_options())
+            self.middleware.check_task_options(name, opts.values())
             if opts.ledger_transaction and inspect.iscoroutinefunction(func):
                 raise ConfigurationError(f"task {name!r}: ledger_transaction=True is not supported for async def "
                                          "tasks (the SQLite transaction would be held across awaits)")
@@ -250,7 +251,7 @@ class App:
         if kbytes is not None and not isinstance(kbytes, bytes):
             raise EncodeError(f"task {name!r}: key must be str or bytes, got {type(key).__name__}")
         hdrs = headers_of(message, headers)
-        if len(self.middleware):
+        if self.middleware.has("enqueue_headers"):
             hdrs.extend(self.middleware.headers(message, topic))
         size = len(value) + 128
         if kbytes:

@@ -39,7 +39,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import PoisonMessage, Retry, TaskExpired
+from .errors import PoisonMessage, TaskExpired
+from .middleware import retries
 from .task import EagerResult, TaskContext
 
 if TYPE_CHECKING:
@@ -121,21 +122,22 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
             value = _finish(task.run(ctx))
         except Exception as exc:
             app.middleware.after("after_task", ctx, None, exc)
-            cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+            cause = retries.cause_of(exc)
             if ledger is not None:
                 ledger.failed(key, cause, task=task.name)
                 ledger.flush()
             result.attempts += 1
             result.exception = cause
-            if task.should_retry(exc, message.attempt):
-                delay = task.retry_delay_s(exc, message.attempt)
+            verdict = retries.decide(task, exc, message.attempt)
+            if verdict.retry:
+                delay = verdict.delay_s
                 result.retry_delays_s.append(delay)
                 message = replace(message, attempt=message.attempt + 1, due=time.time() + delay)
                 app.middleware.after("on_retry", message, delay, None)
                 logger.debug("eager: %s[%s] failed (%r); retry %d", message.task, message.id, cause,
                              message.attempt)
                 continue
-            result.dead_letter_reason = task.dead_letter_reason(exc)
+            result.dead_letter_reason = verdict.reason
             app.middleware.after("on_dead_letter", message, result.dead_letter_reason)
             return result
         app.middleware.after("after_task", ctx, value, None)

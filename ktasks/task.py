@@ -51,6 +51,11 @@ class TaskOptions:
     #: Options owned by middleware (``Middleware.task_options``), as given.
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def values(self) -> dict[str, Any]:
+        """Every option by its ktasks name (core ones with their defaults, then the middleware-owned ones)."""
+        core = {k: v for k, v in vars(self).items() if k not in ("name", "extra")}
+        return {**core, **self.extra}
+
     @classmethod
     def build(cls, name: str, options: Mapping[str, Any],
               middleware_options: Mapping[str, Any] | None = None) -> TaskOptions:

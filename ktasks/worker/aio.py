@@ -131,8 +131,7 @@ class AsyncChild(Child):
             try:
                 result = await self._call_async(task, ctx, soft_limit_s, hard)
                 faults.point("after_task", self.parent_pid)
-                if self.ledger is not None:
-                    self.ledger.succeeded(key[0], result, time.perf_counter() - t0, task=task.name)
+                self.gate.succeeded(msg, task, result, time.perf_counter() - t0)
             except Exception as exc:
                 error = exc
             finally:

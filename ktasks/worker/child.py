@@ -29,9 +29,11 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from .. import faults
-from ..errors import BrokerUnavailable, EnqueueError, Retry, SoftTimeLimitExceeded, TaskExpired
+from ..errors import BrokerUnavailable, EnqueueError, TaskExpired
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
+from ..middleware import retries, timelimits
+from ..middleware.idempotency import LedgerGate
 from ..task import TaskContext
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,6 @@ def _die_with_parent() -> None:
             pass
 
 
-def _on_soft_limit(signum: int, frame: Any) -> None:
-    raise SoftTimeLimitExceeded("soft time limit exceeded")
-
-
 class Child:
     """The loop of one child process."""
 
@@ -81,14 +79,9 @@ class Child:
         self.parent_pid = parent_pid
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.ledger: Any = None
+        self.gate = LedgerGate(app, self.host, self.pid)
+        self.ledger: Any = self.gate.ledger
         self.running_pid: int | None = None     # who holds the key when _admit answered RUNNING
-        if app.settings.ledger_enabled:
-            from ..ledger import Ledger
-
-            # max_pending=1: each success rides in the next task's start transaction, so a
-            # child killed mid-batch re-runs only the task it was running, for no extra commit.
-            self.ledger = Ledger(Ledger.path_for_app(app), max_pending=1)
 
     def serve(self) -> None:
         self.conn.send_bytes(pack(["ready", self.pid]))
@@ -121,8 +114,7 @@ class Child:
                 last_sent = now
 
     def _send(self, results: list[list[Any]]) -> None:
-        if self.ledger is not None:
-            self.ledger.flush()
+        self.gate.flush()
         faults.point("after_ledger_write", self.parent_pid)
         self.conn.send_bytes(pack(["results", results]))
 
@@ -157,17 +149,11 @@ class Child:
         result: Any = None
         error: BaseException | None = None
         try:
-            if task.options.ledger_transaction and self.ledger is not None:
-                with self.ledger.transaction(immediate=True) as conn:
-                    ctx.ledger = conn
-                    result = self._call_acknowledged(task, ctx, soft_limit_s)
-                    faults.point("after_task", self.parent_pid)
-                    self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name, conn=conn)
-            else:
+            with self.gate.transaction(task) as conn:
+                ctx.ledger = conn
                 result = self._call_acknowledged(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
-                if self.ledger is not None:
-                    self.ledger.succeeded(key, result, time.perf_counter() - t0, task=task.name)
+                self.gate.succeeded(msg, task, result, time.perf_counter() - t0, conn)
         except Exception as exc:
             error = exc
         return self._report(seq, ctx, result, error, time.perf_counter() - t0, log_extra)
@@ -177,21 +163,19 @@ class Child:
         """Ask the ledger, and check the expiry: the result that ends the record here, None to run it, or
         :data:`RUNNING` when another live process still runs the key (ask again later)."""
         key = msg.ledger_key
-        if self.ledger is not None:
-            decision = self.ledger.begin(key, task.name, msg.attempt, task.max_starts(), host=self.host,
-                                         pid=self.pid, force=force, replay=replay, wait_running_s=wait_running_s)
-            if decision.kind == "running":
-                self.running_pid = decision.entry.pid if decision.entry else None
-                return RUNNING
-            if decision.kind == "skip":
-                logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
-                            msg.task, msg.id, key, extra=log_extra)
-                return [seq, SKIP, 0.0, None, None, None, None]
-            if decision.kind == "poison":
-                logger.error("task %s[%s] was started %d times without finishing: poison message",
-                             msg.task, msg.id, task.max_starts(), extra=log_extra)
-                return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
-                        f"started {task.max_starts()} times without finishing (max_starts)", None]
+        admission = self.gate.admit(task, msg, force=force, replay=replay, wait_running_s=wait_running_s)
+        if admission.kind == "running":
+            self.running_pid = admission.pid
+            return RUNNING
+        if admission.kind == "skip":
+            logger.info("task %s[%s] already succeeded (ledger key %s): not running it again",
+                        msg.task, msg.id, key, extra=log_extra)
+            return [seq, SKIP, 0.0, None, None, None, None]
+        if admission.kind == "poison":
+            logger.error("task %s[%s] was started %d times without finishing: poison message",
+                         msg.task, msg.id, task.max_starts(), extra=log_extra)
+            return [seq, POISON, 0.0, None, "ktasks.errors.PoisonMessage",
+                    f"started {task.max_starts()} times without finishing (max_starts)", None]
         if msg.expires is not None and not replay and time.time() > msg.expires:
             return self._expired(seq, msg, key, log_extra)
         return None
@@ -240,37 +224,31 @@ class Child:
     @staticmethod
     def _call(task: Any, ctx: TaskContext, soft_limit_s: float | None) -> Any:
         """Run the task under its soft time limit; the timer is off before anything is recorded."""
-        if not soft_limit_s:
+        with timelimits.soft_limit(soft_limit_s):
             return task.run(ctx)
-        signal.setitimer(signal.ITIMER_REAL, soft_limit_s)
-        try:
-            return task.run(ctx)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _expired(self, seq: int, msg: Any, key: str, log_extra: dict[str, Any]) -> list[Any]:
         """Not run: past its ``expires`` (a replay from the dead-letter topic ignores it)."""
         text = f"expired at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(msg.expires))}, not run"
-        if self.ledger is not None:
-            self.ledger.failed(key, TaskExpired(text), "", task=msg.task)
+        self.gate.failed(msg, msg.task, TaskExpired(text), "")
         logger.warning("task %s[%s] %s; sending to the dead-letter topic", msg.task, msg.id, text,
                        extra=log_extra)
         return [seq, DEAD, 0.0, "expired", "ktasks.errors.TaskExpired", text, None]
 
     def _failed(self, seq: int, task: Any, msg: Any, error: BaseException, duration: float, key: str,
                 log_extra: dict[str, Any]) -> list[Any]:
-        cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
+        cause = retries.cause_of(error)
         tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         exc_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
-        if self.ledger is not None:
-            self.ledger.failed(key, cause, tb, task=task.name)
-        if task.should_retry(error, msg.attempt):
-            delay = task.retry_delay_s(error, msg.attempt)
+        self.gate.failed(msg, task.name, cause, tb)
+        decision = retries.decide(task, error, msg.attempt)
+        if decision.retry:
+            delay = decision.delay_s
             logger.warning("task %s[%s] failed in %.3fs (%s: %s); retry %d/%d in %.1fs", msg.task, msg.id,
                            duration, exc_type, cause, msg.attempt + 1, task.max_retries(), delay,
                            extra=log_extra)
             return [seq, RETRY, duration, delay, exc_type, str(cause), tb]
-        reason = task.dead_letter_reason(error)
+        reason = decision.reason
         logger.error("task %s[%s] failed in %.3fs (%s: %s); %s, sending to the dead-letter topic",
                      msg.task, msg.id, duration, exc_type, cause, reason, extra=log_extra)
         return [seq, DEAD, duration, reason, exc_type, str(cause), tb]
@@ -285,7 +263,7 @@ def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_p
     # process group must not kill a task half way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGALRM, _on_soft_limit)
+    signal.signal(signal.SIGALRM, timelimits.on_soft_limit)
     configure_logging(loglevel, log_format, process_name=f"child-{index}")
     faults.configure(faults_spec)
     try:

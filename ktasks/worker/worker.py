@@ -27,11 +27,11 @@ from kafka.structs import OffsetAndMetadata
 from .. import faults
 from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
-from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..errors import DecodeError, KtasksError, WorkerError, WorkerLost
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
-from ..middleware import Defer, Intake, Reject, Skip, TaskEvent
+from ..middleware import Defer, Intake, Reject, Skip, TaskEvent, retries, timelimits
 from ..readiness import wait_for_cluster
 from . import offsetmap
 from .child import DEAD, OK, POISON, RETRY, SKIP
@@ -378,7 +378,7 @@ class Worker:
                                   f"task {job.message.task!r} is not registered with app {self.app.name!r}")
                 continue
             due = job.message.due
-            if len(self.app.middleware) and not (due is not None and due > now):
+            if self.app.middleware.has("intake") and not (due is not None and due > now):
                 decision = self.app.middleware.decide(Intake(
                     job.message, job.task, record.topic, record.partition, record.offset, record.key,
                     list(record.headers or []), job.origin_topic, job.replay))
@@ -482,7 +482,7 @@ class Worker:
             if not jobs:
                 return
             payload = [[j.seq, j.value or j.record.value, j.record.topic, j.record.partition, j.offset, j.force,
-                        j.task.options.soft_time_limit_s, j.replay] for j in jobs]
+                        timelimits.soft_limit_s(j.task), j.replay] for j in jobs]
             self.pool.dispatch(child, jobs, payload)
             self._in_flight += len(jobs)
             if not self.ready:
@@ -551,12 +551,11 @@ class Worker:
             if self.partitions.get(job.ps.tp) is not job.ps:
                 continue          # a revoked epoch's record: its new owner runs it
             if job.seq == lost_seq:
-                killed_for_limit = child.kill_reason == "time-limit"
-                exc = (TimeLimitExceeded(f"ran past time_limit_s={job.task.options.time_limit_s}")
-                       if killed_for_limit else WorkerLost(f"child process died ({how})"))
+                killed_for_limit = child.kill_reason == timelimits.REASON
+                exc = timelimits.exceeded(job.task) if killed_for_limit else WorkerLost(f"child process died ({how})")
                 self.stats.lost += 1
                 assert running is not None
-                self._failed_in_parent(job, exc, "time-limit" if killed_for_limit else "worker-lost",
+                self._failed_in_parent(job, exc, timelimits.REASON if killed_for_limit else "worker-lost",
                                        time.monotonic() - running[1])
             else:
                 requeue.append(job)
@@ -571,22 +570,23 @@ class Worker:
     def _failed_in_parent(self, job: Job, exc: BaseException, reason: str, run_time_s: float) -> None:
         assert job.message is not None
         exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        retry = job.task.should_retry(exc, job.message.attempt)
-        self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=None if retry else reason)
+        decision = retries.decide(job.task, exc, job.message.attempt, reason=reason)
+        retry = decision.retry
+        self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=decision.reason)
         if retry:
-            delay = job.task.backoff_s(job.message.attempt)
+            delay = decision.delay_s
             logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
                            job.message.attempt + 1, job.task.max_retries(), delay, extra=job.log_extra())
             self._retry(job, delay, exc_type, str(exc))
         else:
             logger.error("task %s[%s]: %s; sending to the dead-letter topic", job.message.task,
                          job.message.id, exc, extra=job.log_extra())
-            self._dead_letter(job, reason, exc_type, str(exc))
+            self._dead_letter(job, decision.reason or reason, exc_type, str(exc))
 
     def _report_finished(self, job: Job, outcome: str, run_time_s: float | None = None, *, started: bool = True,
                          reason: str | None = None) -> None:
         """Tell middleware (metrics, reports) what became of a record; see ktasks.middleware.TaskEvent."""
-        if len(self.app.middleware):
+        if self.app.middleware.has("task_finished"):
             name = job.task.name if job.task is not None else \
                 "(undecodable)" if job.message is None else "(unregistered)"
             self.app.middleware.after("task_finished", TaskEvent.of(
@@ -599,12 +599,12 @@ class Worker:
             if running is None or child.kill_reason:
                 continue
             job = child.outstanding.get(running[0])
-            limit = job.task.options.time_limit_s if job is not None else None
-            if job is not None and limit and now - running[1] > limit:
+            limit = timelimits.overdue(job.task, now - running[1]) if job is not None else None
+            if job is not None and limit:
                 logger.error("task %s[%s] ran past its time limit (%.1fs): killing child %d",
                              job.message.task if job.message else "?", job.message.id if job.message else "?",
                              limit, child.index, extra=job.log_extra())
-                child.kill_reason = "time-limit"
+                child.kill_reason = timelimits.REASON
                 self.pool.kill(child)
 
     def _complete(self, job: Job) -> None:

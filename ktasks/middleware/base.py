@@ -11,8 +11,14 @@ answer with a decision (:class:`Skip`, :class:`Defer`, :class:`Reject`).
 
 Each middleware declares the task options it owns in :attr:`Middleware.task_options`;
 ``@app.task(...)`` accepts those besides the core ones and rejects the rest, so
-a typo in an option name fails at import time, not in production. Add
-middleware before declaring the tasks that use its options.
+a typo in an option name fails at import time, not in production, and
+``check_task_options`` lets the owner refuse a bad value at the same moment.
+Add middleware before declaring the tasks that use its options.
+
+The stack calls a hook only on the middleware that override it (see
+:meth:`MiddlewareStack.hooked`), so a hook nobody implements costs nothing per
+record, and ``intake`` is asked only of the middleware whose
+:meth:`Middleware.decides_for` says the task concerns them.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 if TYPE_CHECKING:
     from kafka import TopicPartition
 
-    from .message import Message
-    from .task import Task, TaskContext
+    from ..message import Message
+    from ..task import Task, TaskContext
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +158,13 @@ class Middleware:
 
     task_options: ClassVar[Mapping[str, Any]] = {}
 
+    def check_task_options(self, task_name: str, options: Mapping[str, Any]) -> None:
+        """Called when a task is declared, with the values of the options this middleware owns.
+
+        Raise :class:`~ktasks.errors.ConfigurationError` naming the task and the
+        option to refuse a bad value (options nobody owns are refused before this).
+        """
+
     def before_enqueue(self, message: Message, topic: str) -> None:
         """Called before a message is sent; raising here prevents the send."""
 
@@ -173,6 +186,15 @@ class Middleware:
         loop for every record: keep it quick (no I/O).
         """
         return None
+
+    def decides_for(self, task: Task[..., Any]) -> bool:
+        """Whether :meth:`intake` may decide about records of ``task`` (asked once per task).
+
+        The default is true when the class overrides ``intake``; a middleware that
+        only looks at some tasks (those with its task option set) says so here, and
+        the records of the others never reach it.
+        """
+        return type(self).intake is not Middleware.intake
 
     def child_started(self, app: Any) -> None:
         """Called in each worker child once the app is imported, before its first task."""
@@ -210,6 +232,9 @@ class Middleware:
     def partitions_revoked(self, partitions: list[TopicPartition]) -> None:
         """Called in the worker parent when partitions were released (revoked, or lost)."""
 
+    def worker_starting(self, worker: Any) -> None:
+        """Called in the worker parent before its children start and it joins the group."""
+
     def worker_started(self, worker: Any) -> None:
         """Called in the worker parent once it has joined the group."""
 
@@ -218,19 +243,36 @@ class Middleware:
 
 
 class MiddlewareStack:
-    """Calls one hook on every middleware, isolating failures."""
+    """Calls one hook on every middleware that implements it, isolating failures."""
 
     def __init__(self, middleware: Iterable[Middleware] = ()) -> None:
         self._items: list[Middleware] = list(middleware)
+        self._hooked: dict[str, list[Middleware]] = {}
+        self._deciders: dict[int, tuple[Any, list[Middleware]]] = {}
 
     def add(self, middleware: Middleware) -> None:
         self._items.append(middleware)
+        self._hooked.clear()
+        self._deciders.clear()
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._items)
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def hooked(self, hook: str) -> list[Middleware]:
+        """The middleware whose class overrides ``hook``, in order (cached until the next :meth:`add`)."""
+        found = self._hooked.get(hook)
+        if found is None:
+            base = getattr(Middleware, hook)
+            found = self._hooked[hook] = [m for m in self._items
+                                          if getattr(type(m), hook, base) is not base or hook in getattr(m, "__dict__", {})]
+        return found
+
+    def has(self, hook: str) -> bool:
+        """Whether any middleware implements ``hook`` (the worker skips building its arguments if not)."""
+        return bool(self.hooked(hook))
 
     def task_options(self) -> dict[str, Any]:
         """Every task option the stack's middleware declare, with its default."""
@@ -239,6 +281,20 @@ class MiddlewareStack:
             options.update(item.task_options)
         return options
 
+    def check_task_options(self, task_name: str, options: Mapping[str, Any]) -> None:
+        """Let each middleware refuse a bad value of the options it owns (raises ConfigurationError)."""
+        for item in self._items:
+            given = {k: v for k, v in options.items() if k in item.task_options}
+            if given:
+                item.check_task_options(task_name, given)
+
+    def deciders(self, task: Task[..., Any]) -> list[Middleware]:
+        """The middleware whose ``intake`` decides about records of ``task`` (cached per task)."""
+        cached = self._deciders.get(id(task))
+        if cached is None or cached[0] is not task:
+            cached = self._deciders[id(task)] = (task, [m for m in self.hooked("intake") if m.decides_for(task)])
+        return cached[1]
+
     def decide(self, record: Intake) -> Decision | None:
         """The first ``intake`` decision of the stack, in order (``None``: run it).
 
@@ -246,7 +302,7 @@ class MiddlewareStack:
         topic, from where it can be replayed): the hook may be the one that
         would have refused it, and running a task cannot be undone.
         """
-        for item in self._items:
+        for item in self.deciders(record.task):
             try:
                 decision = item.intake(record)
             except Exception as exc:
@@ -261,18 +317,18 @@ class MiddlewareStack:
     def headers(self, message: Message, topic: str) -> list[tuple[str, bytes]]:
         """Headers the stack adds to an outgoing record (``enqueue_headers``), in order."""
         out: list[tuple[str, bytes]] = []
-        for item in self._items:
+        for item in self.hooked("enqueue_headers"):
             extra = item.enqueue_headers(message, topic)
             if extra:
                 out.extend(extra)
         return out
 
     def before(self, hook: str, *args: Any, strict: bool = False) -> None:
-        for item in self._items:
+        for item in self.hooked(hook):
             self._call(item, hook, args, strict)
 
     def after(self, hook: str, *args: Any) -> None:
-        for item in reversed(self._items):
+        for item in reversed(self.hooked(hook)):
             self._call(item, hook, args, False)
 
     @staticmethod
