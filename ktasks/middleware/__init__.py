@@ -34,8 +34,9 @@ __all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES", "Intake", "
 
 def default_middleware() -> list[Middleware]:
     """The built-in middleware every app starts with, in order."""
+    from .deadletter import DeadLettering
     from .idempotency import Idempotency
     from .retries import Retries
     from .timelimits import TimeLimits
 
-    return [Retries(), TimeLimits(), Idempotency()]
+    return [Retries(), TimeLimits(), Idempotency(), DeadLettering()]

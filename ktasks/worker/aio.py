@@ -36,7 +36,8 @@ from ..errors import SoftTimeLimitExceeded, TaskCancelled, TimeLimitExceeded
 from ..logs import bind_task, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext
-from .child import DEAD, RUNNING, Child
+from .child import RUNNING, Child
+from .protocol import DEAD, READY, STOP
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class AsyncChild(Child):
         self._closing = False
 
     def serve(self) -> None:
-        self.conn.send_bytes(pack(["ready", self.pid]))
+        self.conn.send_bytes(pack([READY, self.pid]))
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
@@ -76,7 +77,7 @@ class AsyncChild(Child):
                         batch = unpack(self.conn.recv_bytes())
                     except (EOFError, OSError):
                         return  # parent gone: nobody would commit what finishes now
-                    if batch and batch[0] == "stop":
+                    if batch and batch[0] == STOP:
                         # Like a plain child after its batch: finish what runs, report it, exit.
                         if jobs:
                             await asyncio.wait(jobs)

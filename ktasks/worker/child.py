@@ -35,11 +35,12 @@ from ..message import decode, pack, unpack
 from ..middleware import retries, timelimits
 from ..middleware.idempotency import LedgerGate
 from ..task import TaskContext
+from .protocol import DEAD, OK, POISON, READY, RESULTS, RETRY, SKIP, STOP
 
 logger = logging.getLogger(__name__)
 
-# Result statuses, sent as the second field of each result.
-OK, SKIP, RETRY, DEAD, POISON = "ok", "skip", "retry", "dead", "poison"
+# Result statuses (named in .protocol) are imported from here by older code.
+__all__ = ["Child", "child_main", "load_app", "OK", "SKIP", "RETRY", "DEAD", "POISON", "RUNNING"]
 
 #: What :meth:`Child._admit` answers while another live process runs the same ledger key.
 RUNNING = "running"
@@ -84,14 +85,14 @@ class Child:
         self.running_pid: int | None = None     # who holds the key when _admit answered RUNNING
 
     def serve(self) -> None:
-        self.conn.send_bytes(pack(["ready", self.pid]))
+        self.conn.send_bytes(pack([READY, self.pid]))
         while True:
             try:
                 data = self.conn.recv_bytes()
             except (EOFError, OSError):
                 return  # parent gone
             batch = unpack(data)
-            if batch and batch[0] == "stop":
+            if batch and batch[0] == STOP:
                 return
             self._run_batch(batch)
 
@@ -116,7 +117,7 @@ class Child:
     def _send(self, results: list[list[Any]]) -> None:
         self.gate.flush()
         faults.point("after_ledger_write", self.parent_pid)
-        self.conn.send_bytes(pack(["results", results]))
+        self.conn.send_bytes(pack([RESULTS, results]))
 
     def _run_one(self, seq: int, value: bytes, topic: str, partition: int, offset: int,
                  force: bool, soft_limit_s: float | None, replay: bool = False) -> list[Any]:

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import WorkerError
 from ..message import pack, unpack
 from .child import child_main
+from .protocol import READY, RESULTS, STOP
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +158,9 @@ class Pool:
                     except (EOFError, OSError):
                         dead.add(child)
                         break
-                    if msg[0] == "ready":
+                    if msg[0] == READY:
                         child.ready = True
-                    elif msg[0] == "results":
+                    elif msg[0] == RESULTS:
                         events.append(ChildEvent(child, "results", msg[1]))
             else:
                 dead.add(by_sentinel[obj])
@@ -215,7 +216,7 @@ class Pool:
         """Ask an idle child to exit; its death event then triggers the replacement."""
         child.retiring = True
         try:
-            child.conn.send_bytes(pack(["stop"]))
+            child.conn.send_bytes(pack([STOP]))
         except OSError:
             pass
 
@@ -224,7 +225,7 @@ class Pool:
         targets = list(self.children if children is None else children)
         for child in targets:
             try:
-                child.conn.send_bytes(pack(["stop"]))
+                child.conn.send_bytes(pack([STOP]))
             except OSError:
                 pass
         deadline = time.monotonic() + timeout_s
