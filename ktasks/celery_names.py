@@ -46,8 +46,6 @@ UNSUPPORTED: Mapping[str, str] = {
                    "partition and keeps tasks with the same key in order",
     "serializer": "messages are always msgpack (data only, never pickle); see docs/concepts.md for the "
                   "types arguments may have",
-    "rate_limit": "ktasks has no rate limits yet; bound throughput with the worker's concurrency (-c) and "
-                  "the topic's partition count",
 }
 
 

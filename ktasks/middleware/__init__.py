@@ -36,7 +36,8 @@ def default_middleware() -> list[Middleware]:
     """The built-in middleware every app starts with, in order."""
     from .deadletter import DeadLettering
     from .idempotency import Idempotency
+    from .ratelimit import RateLimit
     from .retries import Retries
     from .timelimits import TimeLimits
 
-    return [Retries(), TimeLimits(), Idempotency(), DeadLettering()]
+    return [Retries(), TimeLimits(), Idempotency(), DeadLettering(), RateLimit()]

@@ -6,15 +6,21 @@ finishes), decoded, and then, in this order:
 * an undecodable record, or one naming a task the app lacks, is dead-lettered;
 * the intake middleware decide (``Skip``, ``Defer``, ``Reject``; see
   :meth:`ktasks.middleware.MiddlewareStack.decide`);
-* a record not yet due (a countdown, a retry, a deferral) waits: on a delay
-  tier the partition is held (paused, and sought back to it) until it is due,
-  at most for the tier's delay; anywhere else it moves to the delay tier of the
-  time left;
+* a record deferred by a middleware for a short while (at most
+  :data:`DEFER_IN_MEMORY_S`) waits in memory, in a heap, keeping its place
+  for its key, and is offered to the intake middleware again at its time; a
+  partition keeps at most a quarter of ``prefetch_per_partition`` such records
+  in memory, so they never pause it: the others of its partition go on;
+* a record not yet due (a countdown, a retry, a longer deferral) waits: on a
+  delay tier the partition is held (paused, and sought back to it) until it is
+  due, at most for the tier's delay; anywhere else it moves to the delay tier
+  of the time left;
 * the rest queue for a child, strictly one at a time per key.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +32,7 @@ from kafka import TopicPartition
 from ..errors import DecodeError
 from ..headers import trusted_marks
 from ..message import decode, encode
-from ..middleware import Defer, Intake, Reject, Skip
+from ..middleware import Decision, Defer, Intake, Reject, Skip
 from ..middleware import deadletter as dead
 from .committer import UNKNOWN, Committer
 from .outbox import Outbox, clock
@@ -35,7 +41,10 @@ from .partitions import Job, Partitions, PartitionState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RecordIntake"]
+__all__ = ["RecordIntake", "DEFER_IN_MEMORY_S"]
+
+#: Longest a deferred record waits in the worker's memory; a longer deferral goes to a delay tier.
+DEFER_IN_MEMORY_S = 5.0
 
 
 class RecordIntake:
@@ -43,17 +52,23 @@ class RecordIntake:
 
     def __init__(self, app: Any, partitions: Partitions, committer: Committer, outbox: Outbox,
                  outcomes: Outcomes, ready: Callable[[Job], None], *, retry_topics: dict[str, str],
-                 tier_s: dict[str, float]) -> None:
+                 tier_s: dict[str, float], ready_first: Callable[[Job], None] | None = None) -> None:
         self.app = app
         self.partitions = partitions
         self.committer = committer
         self.outbox = outbox
         self.outcomes = outcomes
         self._ready = ready
+        self._ready_first = ready_first or ready
         self.retry_topics = retry_topics     # retry/delay topic -> its task topic
         self.tier_s = tier_s                 # delay-tier topic -> its delay, the longest it holds a partition
         self.consumer: Any = None
         self._seq = 0
+        # Short deferrals: (until, seq, job), soonest first; and how many each partition keeps.
+        self._deferred: list[tuple[float, int, Job]] = []
+        self._deferred_by: dict[PartitionState, int] = {}
+        self._defer_cap = max(1, partitions.prefetch // 4)
+        partitions.on_drop(self.forget)
 
     def accept(self, tp: TopicPartition, records: list[Any]) -> None:
         ps = self.partitions.get(tp)
@@ -82,19 +97,14 @@ class RecordIntake:
                 continue
             due = job.message.due
             if asks and not (due is not None and due > now):
-                decision = middleware.decide(Intake(
-                    job.message, job.task, record.topic, record.partition, record.offset, record.key,
-                    list(record.headers or []), job.origin_topic, job.replay))
-                if isinstance(decision, Skip):
-                    self.outcomes.skipped(job, decision.outcome, decision.reason)
-                    continue
-                if isinstance(decision, Reject):
-                    job.takes_key = False
-                    self.outcomes.report(job, "dead_lettered", started=False, reason=dead.REJECTED)
-                    self.outbox.dead_letter(job, dead.REJECTED, decision.exc_type, decision.message)
-                    continue
+                decision = self._decide(job)
                 if isinstance(decision, Defer):
+                    if decision.until > now and self._defer(job, decision.until, now):
+                        continue
                     due = decision.until
+                elif decision is not None:
+                    self._refuse(job, decision)
+                    continue
             if due is not None and due > now:
                 if self._wait(ps, job, due, now):
                     break
@@ -102,6 +112,96 @@ class RecordIntake:
             if self.partitions.take_key(job):
                 self._ready(job)
         self.partitions.update_pause(ps)
+
+    def _decide(self, job: Job) -> Decision | None:
+        assert job.message is not None
+        r = job.record
+        return self.app.middleware.decide(Intake(job.message, job.task, r.topic, r.partition, r.offset, r.key,
+                                                 list(r.headers or []), job.origin_topic, job.replay))
+
+    def _refuse(self, job: Job, decision: Skip | Reject) -> None:
+        """A ``Skip`` or ``Reject``: the record never runs."""
+        if isinstance(decision, Skip):
+            self.outcomes.skipped(job, decision.outcome, decision.reason)
+            return
+        job.takes_key = False
+        self.outcomes.report(job, "dead_lettered", started=False, reason=dead.REJECTED)
+        self.outbox.dead_letter(job, dead.REJECTED, decision.exc_type, decision.message)
+
+    # -- short deferrals, in memory ---------------------------------------------------
+    def _defer(self, job: Job, until: float, now: float) -> bool:
+        """Keep ``job`` in memory until ``until``; False when it is too far off, or its partition keeps enough."""
+        ps = job.ps
+        if until - now > DEFER_IN_MEMORY_S or self._deferred_by.get(ps, 0) >= self._defer_cap:
+            return False
+        self._deferred_by[ps] = self._deferred_by.get(ps, 0) + 1
+        job.defer_until = until
+        if self.partitions.take_key(job):
+            heapq.heappush(self._deferred, (until, job.seq, job))
+        # Otherwise it waits behind its key, in its place, and release() brings it back here.
+        return True
+
+    def release(self, job: Job) -> None:
+        """``job``'s key is free for it: to the front of the ready queue, or back to the heap if deferred."""
+        if job.defer_until is not None:
+            heapq.heappush(self._deferred, (job.defer_until, job.seq, job))
+        else:
+            self._ready_first(job)
+
+    def next_deferred_s(self, now: float) -> float | None:
+        """Seconds until the soonest short deferral is due (None: there is none)."""
+        return max(0.0, self._deferred[0][0] - now) if self._deferred else None
+
+    def release_deferred(self, now: float) -> None:
+        """Offer the deferred records whose time came to the intake middleware again."""
+        while self._deferred and self._deferred[0][0] <= now:
+            _, _, job = heapq.heappop(self._deferred)
+            ps = job.ps
+            self._deferred_by[ps] -= 1
+            if not self._deferred_by[ps]:
+                del self._deferred_by[ps]
+            job.defer_until = None
+            if not self.partitions.owns(job) or ps.revoking:
+                continue
+            decision = self._decide(job)
+            if decision is None or (isinstance(decision, Defer) and decision.until <= now):
+                self._ready(job)          # it holds its key already
+                continue
+            if isinstance(decision, Defer) and self._defer_again(job, decision.until, now):
+                continue
+            # It leaves the key: the next record of the key goes on.
+            nxt = self.partitions.release_key(job)
+            if nxt is not None:
+                self.release(nxt)
+            if isinstance(decision, Defer):
+                tier_s = self.tier_s.get(ps.tp.topic)
+                self.outbox.delay(job, decision.until, from_tier=tier_s is not None)
+            else:
+                job.takes_key = False
+                self._refuse(job, decision)
+
+    def _defer_again(self, job: Job, until: float, now: float) -> bool:
+        ps = job.ps
+        if until - now > DEFER_IN_MEMORY_S or self._deferred_by.get(ps, 0) >= self._defer_cap:
+            return False
+        self._deferred_by[ps] = self._deferred_by.get(ps, 0) + 1
+        job.defer_until = until
+        heapq.heappush(self._deferred, (until, job.seq, job))
+        return True
+
+    def forget(self, gone: set[TopicPartition]) -> None:
+        """Drop the deferred records of ``gone`` partitions (their next owner takes them again)."""
+        if not self._deferred:
+            return
+        self._deferred = [d for d in self._deferred if d[2].ps.tp not in gone]
+        heapq.heapify(self._deferred)
+        for ps in [ps for ps in self._deferred_by if ps.tp in gone]:
+            del self._deferred_by[ps]
+
+    @property
+    def deferred(self) -> int:
+        """Records waiting in memory for their deferral."""
+        return sum(self._deferred_by.values())
 
     def _before_assignment(self, tp: TopicPartition, records: list[Any]) -> None:
         # Records for a partition the consumer owns but whose assignment callback we have

@@ -63,6 +63,7 @@ class Job:
     value: bytes | None = None        # what the child gets, when it differs from the record's value
     replay: bool = False              # replayed from the dead-letter topic
     takes_key: bool = True            # went through the ready queue (holds its key while running)
+    defer_until: float | None = None  # deferred in memory by an intake middleware until then
 
     @property
     def offset(self) -> int:

@@ -94,7 +94,7 @@ class Worker:
 
         # The parts, each given only the others it talks to (see docs/concepts.md).
         self.table = Partitions(self.settings.prefetch_per_partition, self.settings.auto_offset_reset)
-        self.outcomes = Outcomes(app, self.table, self.stats, release=lambda job: self.dispatcher.queue_first(job))
+        self.outcomes = Outcomes(app, self.table, self.stats, release=lambda job: self.intake.release(job))
         self.dispatcher = Dispatcher(self.pool, self.table, self.outcomes, self.settings, stopping)
         self.outbox = Outbox(app, self.table, self.stats, group_id=self.group_id, host=self.host,
                              published=self.outcomes.complete)
@@ -102,7 +102,8 @@ class Worker:
         self.committer = Committer(app, self.settings, self.table, self.outbox, self.stats, group_id=self.group_id,
                                    host=self.host, stopping=stopping, check_topics=self._check_topics)
         self.intake = RecordIntake(app, self.table, self.committer, self.outbox, self.outcomes,
-                                   self.dispatcher.queue, retry_topics=self._retry_topics, tier_s=tier_s)
+                                   self.dispatcher.queue, retry_topics=self._retry_topics, tier_s=tier_s,
+                                   ready_first=self.dispatcher.queue_first)
         self.rebalance = Rebalance(app, self.settings, self._lock, self.table, self.committer, self.dispatcher,
                                    self.outbox, cold=lambda: self._cold)
         self._consumer: Any = None
@@ -218,9 +219,15 @@ class Worker:
     def _iterate(self) -> None:
         dispatcher = self.dispatcher
         busy = bool(dispatcher.in_flight or dispatcher.ready or self.outbox.pending)
-        records = self.consumer.poll(timeout_ms=0 if busy else self.settings.poll_timeout_ms)
+        timeout_ms = 0 if busy else self.settings.poll_timeout_ms
+        deferred_s = self.intake.next_deferred_s(time.time())
+        if deferred_s is not None:
+            timeout_ms = min(timeout_ms, int(deferred_s * 1000))
+        records = self.consumer.poll(timeout_ms=timeout_ms)
         with self._lock:
-            self.table.release_holds(time.time())
+            now = time.time()
+            self.table.release_holds(now)
+            self.intake.release_deferred(now)
             if records or busy:
                 self._idle_polls = 0
                 for tp, recs in records.items():
