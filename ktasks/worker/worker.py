@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..message import Message, decode, encode
 from ..middleware import Defer, Intake, Reject, Skip, TaskEvent
 from ..readiness import wait_for_cluster
 from . import offsetmap
+from .async_commit import AsyncCommitter
 from .child import DEAD, OK, POISON, RETRY, SKIP
 from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
@@ -179,6 +180,7 @@ class Worker:
         self._next_commit = 0.0
         self._commit_failing_since: float | None = None
         self._commit_failures = 0
+        self._async_commit = AsyncCommitter(COMMIT_TIMEOUT_MS / 1000.0)   # periodic commits
         self._idle_polls = 0
         self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
         self._published_end: dict[TopicPartition, int] = {}
@@ -805,9 +807,16 @@ class Worker:
     # -- commits --------------------------------------------------------------
     def _maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None,
                       timeout_ms: int | None = None) -> bool:
-        """Commit finished offsets; returns False when a retriable error left something uncommitted."""
+        """Commit finished offsets; returns False when a retriable error left something uncommitted.
+
+        Periodic commits (not ``force``) are asynchronous, one in flight (see ``async_commit``):
+        a broker stall delays them and nothing else. Forced ones (revoke, shutdown) block.
+        """
         now = time.monotonic()
-        if not force and now < self._next_commit:
+        done = self._async_commit.poll()
+        if done is not None:
+            self._commit_outcome(done.offsets, done.context, done.error, now)
+        if not force and (now < self._next_commit or self._async_commit.in_flight):
             return True
         self._next_commit = now + self.settings.commit_interval_ms / 1000.0
         targets = [self.partitions[tp] for tp in (only if only is not None else list(self.partitions))
@@ -816,13 +825,25 @@ class Worker:
                    for ps in targets if ps.tracker.needs_commit()}
         if not offsets:
             return True
+        states = {tp: self.partitions[tp] for tp in offsets}
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
+            if not force:
+                self._async_commit.send(self.consumer, offsets, states)
+                return True
             # Bounded: kafka-python retries a retriable error (a deleted topic's partition, a
             # moving coordinator) for 30 s by default, with the whole loop stopped.
             self.consumer.commit(offsets, timeout_ms=timeout_ms or COMMIT_TIMEOUT_MS)
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+        except (KafkaError, faults.FaultInjected) as exc:
+            return self._commit_outcome(offsets, states, exc, now)
+        return self._commit_outcome(offsets, states, None, now)
+
+    def _commit_outcome(self, offsets: Mapping[TopicPartition, OffsetAndMetadata],
+                        states: Mapping[TopicPartition, PartitionState], exc: BaseException | None,
+                        now: float) -> bool:
+        """Apply a commit's result (synchronous, or an asynchronous one that came back)."""
+        if isinstance(exc, (CommitFailedError, RebalanceInProgressError)):
             self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
             # before the partitions move; otherwise the next commit interval tries again.
@@ -830,13 +851,15 @@ class Worker:
                            "finished tasks are in the ledger, so their next owner will not run them again",
                            exc)
             return False
-        except (KafkaError, faults.FaultInjected) as exc:
+        if exc is not None:
             self.app.middleware.after("commit_failed", exc)
             return self._commit_error(exc, now)
         self.app.middleware.after("offsets_committed", {tp: om.offset for tp, om in offsets.items()})
         for tp, om in offsets.items():
             ps = self.partitions.get(tp)
-            if ps is not None:
+            # An asynchronous commit may answer after its partition moved (a new state now), or
+            # after a synchronous commit of later offsets: neither is rolled back.
+            if ps is not None and ps is states.get(tp) and om.offset >= (ps.tracker.committed or 0):
                 ps.tracker.mark_committed(om.offset, om.metadata)
                 for offset in [o for o in ps.finished if o < om.offset]:
                     del ps.finished[offset]
