@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -180,18 +181,36 @@ class TopicManager:
                     raise TopicError(
                         f"creating topic {entry.get('name')!r} ({wanted} partitions, replication factor "
                         f"{rf}): {entry.get('error_message') or 'error code ' + str(code)}")
+            wait_s = max(self._settings.send_timeout_ms, 10000) / 1000.0
+            deadline = time.monotonic() + wait_s
             try:
-                admin.wait_for_topics(missing, timeout_ms=max(self._settings.send_timeout_ms, 10000))
+                admin.wait_for_topics(missing, timeout_ms=wait_s * 1000)
             except KafkaError as exc:
-                raise TopicError(f"topics {missing} created but not ready: {exc}") from exc
+                raise TopicError(f"topics {missing} created but not ready after {wait_s:.0f}s: {exc}") from exc
             for topic in missing:
-                self._known.pop(topic, None)
-                have = self.partitions_of(topic)
+                have = self._wait_for(topic, deadline)
                 if have is None:
-                    raise TopicError(f"topic {topic!r} could not be created")
+                    raise TopicError(f"topic {topic!r} was created (or is being created by another process) but "
+                                     f"no broker described it within {wait_s:.0f}s")
                 logger.info("created topic %s (%d partitions, replication factor %d)", topic, have, rf)
                 reports.append(self._report(topic, have, True, wanted))
         return reports
+
+    def _wait_for(self, topic: str, deadline: float) -> int | None:
+        """Partition count of ``topic`` once a broker describes it; None if none did by ``deadline``.
+
+        After CreateTopics (ours, or another process's that won the race and left us
+        TopicAlreadyExists) the topic reaches each broker's metadata cache a little later:
+        on a loaded cluster a describe sent to another broker still says it does not exist.
+        """
+        pause = 0.05
+        while True:
+            self._known.pop(topic, None)
+            have = self.partitions_of(topic)
+            if have is not None or time.monotonic() >= deadline:
+                return have
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
 
     def _report(self, topic: str, have: int, created: bool, wanted: int) -> TopicReport:
         report = TopicReport(topic, have, created, wanted)

@@ -23,8 +23,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from .broker import (
 )
 from .jars import KAFKA_VERSION, file_lock
 
-__all__ = ["CLUSTER_FILE", "DevCluster", "NodeStatus", "is_cluster_dir"]
+__all__ = ["CLUSTER_FILE", "DevCluster", "NodeStatus", "group_offsets_partition", "is_cluster_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,19 @@ class NodeStatus:
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node_id, "port": self.port, "controller_port": self.controller_port,
                 "pid": self.pid, "running": self.pid is not None, "role": self.role}
+
+
+def group_offsets_partition(group: str, partitions: int) -> int:
+    """The ``__consumer_offsets`` partition of ``group``, as Kafka picks it.
+
+    Kafka takes Java's ``String.hashCode`` of the group id (31-fold over its UTF-16
+    code units, 32-bit), clears the sign bit and takes it modulo the partition count.
+    """
+    data = group.encode("utf-16-be")
+    h = 0
+    for i in range(0, len(data), 2):
+        h = (31 * h + int.from_bytes(data[i:i + 2], "big")) & 0xFFFFFFFF
+    return (h & 0x7FFFFFFF) % partitions
 
 
 def is_cluster_dir(state_dir: Path) -> bool:
@@ -285,28 +299,63 @@ class DevCluster:
 
     # -- status ----------------------------------------------------------------------
 
-    def active_controller(self, timeout_s: float = 5.0) -> int | None:
-        """Node id of the KRaft quorum's leader, as a running node reports it; None if unknown."""
+    @contextmanager
+    def _admin(self, timeout_s: float) -> Iterator[Any]:
+        """An admin client on the running nodes (None when none runs), closed afterwards."""
         from kafka import KafkaAdminClient
 
         running = [n for n in self.node_ids if self.node(n).is_running()]
         if not running:
-            return None
+            yield None
+            return
         timeout_ms = int(timeout_s * 1000)
-        admin = None
+        admin = KafkaAdminClient(bootstrap_servers=[self.node(n).bootstrap for n in running],
+                                 client_id="ktasks-dev-status", bootstrap_timeout_ms=timeout_ms,
+                                 request_timeout_ms=timeout_ms)
         try:
-            admin = KafkaAdminClient(bootstrap_servers=[self.node(n).bootstrap for n in running],
-                                     client_id="ktasks-dev-status", bootstrap_timeout_ms=timeout_ms,
-                                     request_timeout_ms=timeout_ms)
-            quorum = admin.describe_metadata_quorum()
+            yield admin
+        finally:
+            admin.close()
+
+    def active_controller(self, timeout_s: float = 5.0) -> int | None:
+        """Node id of the KRaft quorum's leader, as a running node reports it; None if unknown."""
+        try:
+            with self._admin(timeout_s) as admin:
+                if admin is None:
+                    return None
+                quorum = admin.describe_metadata_quorum()
         except Exception as exc:  # a cluster mid-election or down: the role is unknown
             logger.debug("describe quorum failed: %r", exc)
             return None
-        finally:
-            if admin is not None:
-                admin.close()
         leader = quorum["topics"][0]["partitions"][0].get("leader_id")
         return int(leader) if isinstance(leader, int) and leader >= 0 else None
+
+    def partition_leaders(self, topic: str, timeout_s: float = 5.0) -> dict[int, int | None]:
+        """Partition number -> node id of its leader (None while it has none); empty if unknown."""
+        try:
+            with self._admin(timeout_s) as admin:
+                described = admin.describe_topics([topic]) if admin is not None else []
+        except Exception as exc:  # mid-election: ask again later
+            logger.debug("describe %s failed: %r", topic, exc)
+            return {}
+        leaders: dict[int, int | None] = {}
+        for entry in described:
+            for part in entry.get("partitions") or ():
+                leader = part.get("leader_id", part.get("leader"))
+                index = int(part.get("partition_index", part.get("partition")))
+                leaders[index] = leader if isinstance(leader, int) and leader >= 0 else None
+        return leaders
+
+    def partition_leader(self, topic: str, partition: int, timeout_s: float = 5.0) -> int | None:
+        """Node id of the leader of ``topic``/``partition``; None if it has none (or it is unknown)."""
+        return self.partition_leaders(topic, timeout_s).get(partition)
+
+    def group_coordinator(self, group: str, timeout_s: float = 5.0) -> int | None:
+        """Node id of ``group``'s coordinator: the leader of its ``__consumer_offsets`` partition."""
+        leaders = self.partition_leaders("__consumer_offsets", timeout_s)
+        if not leaders:
+            return None
+        return leaders.get(group_offsets_partition(group, len(leaders)))
 
     def status(self) -> list[NodeStatus]:
         """Every node, running or not, with its role."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from kafka import TopicPartition
@@ -23,8 +23,9 @@ from kafka.structs import OffsetAndMetadata
 from .. import faults
 from ..deadletter import publish as publish_dead_letter
 from ..middleware import deadletter
+from .async_commit import AsyncCommitter
 from .outbox import Outbox
-from .partitions import Partitions
+from .partitions import Partitions, PartitionState
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Committer:
         self._failing_since: float | None = None
         self._failures = 0
         self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
+        self._async = AsyncCommitter(COMMIT_TIMEOUT_MS / 1000.0)   # periodic commits
         self._pid = os.getpid()
 
     # -- where to start ------------------------------------------------------------
@@ -110,9 +112,16 @@ class Committer:
     # -- commits ---------------------------------------------------------------------
     def maybe_commit(self, force: bool = False, only: Iterable[TopicPartition] | None = None,
                      timeout_ms: int | None = None) -> bool:
-        """Commit finished offsets; returns False when a retriable error left something uncommitted."""
+        """Commit finished offsets; returns False when a retriable error left something uncommitted.
+
+        Periodic commits (not ``force``) are asynchronous, one in flight (see ``async_commit``):
+        a broker stall delays them and nothing else. Forced ones (revoke, shutdown) block.
+        """
         now = time.monotonic()
-        if not force and now < self._next_commit:
+        done = self._async.poll()
+        if done is not None:
+            self._outcome(done.offsets, done.context, done.error, now)
+        if not force and (now < self._next_commit or self._async.in_flight):
             return True
         self._next_commit = now + self.settings.commit_interval_ms / 1000.0
         states = self.partitions.states
@@ -121,13 +130,24 @@ class Committer:
                    for ps in targets if ps.tracker.needs_commit()}
         if not offsets:
             return True
+        sent_from = {tp: states[tp] for tp in offsets}
         try:
             faults.point("before_commit", self._pid)
             faults.point("commit", self._pid)
+            if not force:
+                self._async.send(self.consumer, offsets, sent_from)
+                return True
             # Bounded: kafka-python retries a retriable error (a deleted topic's partition, a
             # moving coordinator) for 30 s by default, with the whole loop stopped.
             self.consumer.commit(offsets, timeout_ms=timeout_ms or COMMIT_TIMEOUT_MS)
-        except (CommitFailedError, RebalanceInProgressError) as exc:
+        except (KafkaError, faults.FaultInjected) as exc:
+            return self._outcome(offsets, sent_from, exc, now)
+        return self._outcome(offsets, sent_from, None, now)
+
+    def _outcome(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], sent_from: Mapping[TopicPartition, PartitionState],
+                 exc: BaseException | None, now: float) -> bool:
+        """Apply a commit's result (synchronous, or an asynchronous one that came back)."""
+        if isinstance(exc, (CommitFailedError, RebalanceInProgressError)):
             self.app.middleware.after("commit_failed", exc)
             # Not fatal: a rebalance is under way. Its revoke callback commits what finished
             # before the partitions move; otherwise the next commit interval tries again.
@@ -135,17 +155,23 @@ class Committer:
                            "finished tasks are in the ledger, so their next owner will not run them again",
                            exc)
             return False
-        except (KafkaError, faults.FaultInjected) as exc:
+        if exc is not None:
             self.app.middleware.after("commit_failed", exc)
             return self._error(exc, now)
         self.app.middleware.after("offsets_committed", {tp: om.offset for tp, om in offsets.items()})
+        states = self.partitions.states
         for tp, om in offsets.items():
             ps = states.get(tp)
-            if ps is not None:
-                ps.tracker.mark_committed(om.offset, om.metadata)
-                for offset in [o for o in ps.finished if o < om.offset]:
-                    del ps.finished[offset]
-                    self.stats.committed += 1
+            # An asynchronous commit may answer after its partition moved (a new state now), or
+            # after a synchronous commit of later offsets: neither is rolled back.
+            if ps is None:
+                continue
+            if sent_from.get(tp) is not ps or om.offset < (ps.tracker.committed or 0):
+                continue
+            ps.tracker.mark_committed(om.offset, om.metadata)
+            for offset in [o for o in ps.finished if o < om.offset]:
+                del ps.finished[offset]
+                self.stats.committed += 1
         if self._failing_since is not None:
             logger.info("offset commit succeeded again after %d failures", self._failures)
         self._failing_since = None
