@@ -144,7 +144,8 @@ class Committer:
             return self._outcome(offsets, sent_from, exc, now)
         return self._outcome(offsets, sent_from, None, now)
 
-    def _outcome(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], sent_from: Mapping[TopicPartition, PartitionState],
+    def _outcome(self, offsets: Mapping[TopicPartition, OffsetAndMetadata],
+                 sent_from: Mapping[TopicPartition, PartitionState],
                  exc: BaseException | None, now: float) -> bool:
         """Apply a commit's result (synchronous, or an asynchronous one that came back)."""
         if isinstance(exc, (CommitFailedError, RebalanceInProgressError)):
