@@ -50,7 +50,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from .errors import DecodeError, KtasksError
+from .errors import DecodeError, KtasksError, exception_name, normalize_exception_name
 from .headers import (
     H_FORCE,
     H_ORIGIN_TOPIC,
@@ -200,12 +200,9 @@ class DeadLetter:
 
 
 def exception_info(exc: BaseException) -> tuple[str, str, str]:
-    """``(fully qualified class name, message, formatted traceback)`` of an exception."""
-    cls = type(exc)
-    module = cls.__module__
-    fqcn = cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
-    stack = "".join(traceback.format_exception(cls, exc, exc.__traceback__))
-    return fqcn, str(exc), stack
+    """``(class name as :func:`ktasks.errors.exception_name` gives it, message, formatted traceback)``."""
+    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return exception_name(exc), str(exc), stack
 
 
 def _truncate(text: str, limit: int, keep_tail: bool) -> bytes:
@@ -462,7 +459,9 @@ class StoredDeadLetter:
 
     @property
     def exc_type(self) -> str | None:
-        return self._h(H_EXC_FQCN)
+        """The exception class; built-ins without ``builtins.``, also on records older workers wrote."""
+        name = self._h(H_EXC_FQCN)
+        return normalize_exception_name(name) if name is not None else None
 
     @property
     def exc_message(self) -> str | None:

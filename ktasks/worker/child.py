@@ -29,7 +29,14 @@ from typing import Any
 from kafka.errors import KafkaError
 
 from .. import faults
-from ..errors import BrokerUnavailable, EnqueueError, Retry, SoftTimeLimitExceeded, TaskExpired
+from ..errors import (
+    BrokerUnavailable,
+    EnqueueError,
+    Retry,
+    SoftTimeLimitExceeded,
+    TaskExpired,
+    exception_name,
+)
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext
@@ -261,7 +268,7 @@ class Child:
                 log_extra: dict[str, Any]) -> list[Any]:
         cause = error.exc if isinstance(error, Retry) and error.exc is not None else error
         tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-        exc_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
+        exc_type = exception_name(cause)
         if self.ledger is not None:
             self.ledger.failed(key, cause, tb, task=task.name)
         if task.should_retry(error, msg.attempt):

@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata
 from .. import faults
 from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
-from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost
+from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost, exception_name
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
@@ -570,7 +570,7 @@ class Worker:
 
     def _failed_in_parent(self, job: Job, exc: BaseException, reason: str, run_time_s: float) -> None:
         assert job.message is not None
-        exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        exc_type = exception_name(exc)
         retry = job.task.should_retry(exc, job.message.attempt)
         self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=None if retry else reason)
         if retry:
