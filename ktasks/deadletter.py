@@ -52,9 +52,23 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLarg
 
 from .errors import DecodeError, KtasksError, exception_name, normalize_exception_name
 from .headers import (
+    H_ATTEMPTS,
+    H_EXC_FQCN,
+    H_EXC_MESSAGE,
+    H_EXC_STACKTRACE,
     H_FORCE,
+    H_HOST,
     H_ORIGIN_TOPIC,
+    H_ORIGINAL_GROUP,
+    H_ORIGINAL_OFFSET,
+    H_ORIGINAL_PARTITION,
+    H_ORIGINAL_TIMESTAMP,
+    H_ORIGINAL_TIMESTAMP_TYPE,
+    H_ORIGINAL_TOPIC,
+    H_REASON,
     H_REPLAY,
+    H_TIME,
+    H_VALUE_DROPPED,
     is_dead_letter_header,
     replay_headers,
     strip_dead_letter_headers,
@@ -74,27 +88,6 @@ __all__ = [
     "dead_letter_record", "publish", "without_value", "is_too_large", "check_size", "topic_max_bytes", "exception_info", "is_dead_letter_header", "strip_dead_letter_headers",
     "replay_headers", "int_header", "dead_letter_topics", "iter_dead_letters", "replay", "purge", "pending_counts",
 ]
-
-# -- header names -----------------------------------------------------------------
-# Spring Kafka's (org.springframework.kafka.support.KafkaHeaders.DLT_*), with Spring's encodings.
-H_ORIGINAL_TOPIC = "kafka_dlt-original-topic"
-H_ORIGINAL_PARTITION = "kafka_dlt-original-partition"
-H_ORIGINAL_OFFSET = "kafka_dlt-original-offset"
-H_ORIGINAL_TIMESTAMP = "kafka_dlt-original-timestamp"
-H_ORIGINAL_TIMESTAMP_TYPE = "kafka_dlt-original-timestamp-type"
-H_ORIGINAL_GROUP = "kafka_dlt-original-consumer-group"
-H_EXC_FQCN = "kafka_dlt-exception-fqcn"
-H_EXC_MESSAGE = "kafka_dlt-exception-message"
-H_EXC_STACKTRACE = "kafka_dlt-exception-stacktrace"
-# ktasks' own.
-H_REASON = "ktasks-dlt-reason"
-H_ATTEMPTS = "ktasks-dlt-attempts"
-H_HOST = "ktasks-dlt-host"
-H_TIME = "ktasks-dlt-time"
-# The control headers (H_ORIGIN_TOPIC, H_REPLAY, H_FORCE), and which records they are
-# trusted on, are in ktasks.headers; imported above and re-exported.
-#: On a dead letter published without its value (too large for the broker): why, and its size.
-H_VALUE_DROPPED = "ktasks-dlt-value-dropped"
 
 #: Why a record was dead-lettered; the value of ``ktasks-dlt-reason``. See docs/dead-letters.md.
 REASONS = (
