@@ -46,10 +46,6 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
-
 from .errors import DecodeError, KtasksError, exception_name, normalize_exception_name
 from .headers import (
     H_ATTEMPTS,
@@ -73,6 +69,8 @@ from .headers import (
     replay_headers,
     strip_dead_letter_headers,
 )
+from .kafka import ConfigResource, ConfigResourceType, KafkaConsumer, OffsetSpec, TopicPartition, reader
+from .kafka.errors import KafkaError, MessageSizeTooLargeError, is_too_large
 from .message import HEADER_ID, HEADER_TASK, Message, decode, header
 
 if TYPE_CHECKING:
@@ -271,18 +269,6 @@ def dead_letter_record(dl: DeadLetter, max_bytes: int | None = None
 _SMALL_EXC_MESSAGE_BYTES = 1000
 
 
-def is_too_large(exc: BaseException | None) -> bool:
-    """True when a send failed because the record is too large for the broker (or the producer).
-
-    That is final for that record: sending it again fails the same way.
-    """
-    while exc is not None:
-        if isinstance(exc, (MessageSizeTooLargeError, RecordListTooLargeError)):
-            return True
-        exc = exc.__cause__
-    return False
-
-
 #: Kafka's default ``max.message.bytes`` of a topic (``message.max.bytes`` of the broker).
 _KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 #: A record batch's own bytes around one record (batch header, record framing), rounded up.
@@ -300,8 +286,6 @@ def topic_max_bytes(app: App, topic: str) -> int | None:
     cache_key = (app.settings.bootstrap_servers, topic)
     if cache_key not in _topic_limits:
         try:
-            from kafka.admin import ConfigResource, ConfigResourceType
-
             described = app.topics.admin().describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         except (KafkaError, KtasksError) as exc:
             logger.debug("cannot read max.message.bytes of %s: %s", topic, exc)
@@ -530,13 +514,8 @@ def dead_letter_topics(app: App, topic: str | None = None) -> list[str]:
 
 def _consumer(app: App) -> KafkaConsumer:
     """A consumer without a group: it reads by assignment and never commits anything."""
-    cfg = app.settings.kafka_common()
-    cfg = {k: v for k, v in cfg.items() if k in KafkaConsumer.DEFAULT_CONFIG}
-    cfg.update(client_id=f"{app.client_id}-dlq", group_id=None, enable_auto_commit=False,
-               auto_offset_reset="earliest", allow_auto_create_topics=False,
-               bootstrap_timeout_ms=app.settings.send_timeout_ms)
     try:
-        return KafkaConsumer(**cfg)
+        return reader(app.settings, f"{app.client_id}-dlq")
     except KafkaError as exc:
         raise DeadLetterError(f"cannot connect to Kafka at {app.settings.bootstrap_servers}: {exc}") from exc
 

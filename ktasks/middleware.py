@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from .errors import exception_name
 
 if TYPE_CHECKING:
-    from kafka import TopicPartition
-
+    from .kafka import TopicPartition
     from .message import Message
     from .task import Task, TaskContext
 

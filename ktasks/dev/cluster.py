@@ -287,7 +287,7 @@ class DevCluster:
 
     def active_controller(self, timeout_s: float = 5.0) -> int | None:
         """Node id of the KRaft quorum's leader, as a running node reports it; None if unknown."""
-        from kafka import KafkaAdminClient
+        from ..kafka import KafkaAdminClient
 
         running = [n for n in self.node_ids if self.node(n).is_running()]
         if not running:

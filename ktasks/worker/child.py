@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from .. import faults
 from ..errors import (
     BrokerUnavailable,
@@ -37,6 +35,7 @@ from ..errors import (
     TaskExpired,
     exception_name,
 )
+from ..kafka.errors import KafkaError
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..task import TaskContext

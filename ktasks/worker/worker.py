@@ -20,22 +20,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata
-
 from .. import faults
 from ..deadletter import DeadLetter, check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
 from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, WorkerLost, exception_name
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
+from ..kafka import OffsetAndMetadata, TopicPartition
+from ..kafka.consumer import Listener, build_consumer
+from ..kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from ..logs import task_extra
 from ..message import Message, decode, encode
 from ..middleware import Defer, Intake, Reject, Skip, TaskEvent
 from ..readiness import wait_for_cluster
 from . import offsetmap
 from .child import DEAD, OK, POISON, RETRY, SKIP
-from .membership import Listener, build_consumer
 from .offsets import OffsetTracker
 from .pool import ChildProc, Pool
 
