@@ -126,6 +126,12 @@ class PoisonMessage(TaskError):
     """A message started ``max_starts`` times without ever finishing."""
 
 
+class DeadLetterError(KtasksError):
+    """A dead-letter topic could not be read, replayed or purged."""
+
+    retriable = True
+
+
 class LedgerError(KtasksError):
     """The execution ledger could not be opened or written."""
 

@@ -1,12 +1,14 @@
-"""Dead-letter topics: what the worker gives up on, with the context to understand and replay it.
+"""The dead-letter record format: building a dead letter's record and reading one back.
 
-A record the worker cannot or will not run (see :data:`REASONS`) is copied to
-the dead-letter topic of its task topic, ``<task topic>.DLT`` by default
-(:meth:`ktasks.App.dead_letter_topic`), on the same partition number where
-that partition exists. The copy keeps the original value, key and headers
-byte for byte and adds headers describing the failure. Where Spring Kafka has
-a header for it, the header has Spring's name and encoding, so tools built for
-Spring's ``DeadLetterPublishingRecoverer`` read ktasks' dead letters too:
+The header names are in :mod:`ktasks.headers` (with what each copy of a
+record does with them); this module writes and parses their values. No Kafka
+client here: :mod:`.publishing` sends what :func:`dead_letter_record` builds,
+and :mod:`.admin` reads records back as :class:`StoredDeadLetter`.
+
+A dead letter keeps the original value, key and headers byte for byte (minus
+the headers an earlier dead-lettering left) and adds these. Where Spring Kafka
+has a header for it, the header has Spring's name and encoding, so tools built
+for Spring's ``DeadLetterPublishingRecoverer`` read ktasks' dead letters too:
 
 ===================================  ==============================================
 header                               value
@@ -26,33 +28,25 @@ header                               value
 ``ktasks-dlt-time``                  when it was dead-lettered, ISO 8601 UTC
 ``ktasks-origin-topic``              the task topic a replay goes back to
 ===================================  ==============================================
-
-The worker builds a :class:`DeadLetter` and calls :func:`publish`; the
-``ktasks dlq`` commands use :func:`iter_dead_letters`, :func:`replay` and
-:func:`purge`. Kafka topics are append-only: a replayed record stays in the
-dead-letter topic until :func:`purge` (or the topic's retention) removes it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import logging
 import socket
 import struct
-import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from .errors import DecodeError, KtasksError, exception_name, normalize_exception_name
-from .headers import (
+from ..errors import DecodeError, exception_name, normalize_exception_name
+from ..headers import (
     H_ATTEMPTS,
     H_EXC_FQCN,
     H_EXC_MESSAGE,
     H_EXC_STACKTRACE,
-    H_FORCE,
     H_HOST,
     H_ORIGIN_TOPIC,
     H_ORIGINAL_GROUP,
@@ -62,29 +56,15 @@ from .headers import (
     H_ORIGINAL_TIMESTAMP_TYPE,
     H_ORIGINAL_TOPIC,
     H_REASON,
-    H_REPLAY,
     H_TIME,
     H_VALUE_DROPPED,
-    is_dead_letter_header,
-    replay_headers,
     strip_dead_letter_headers,
 )
-from .kafka import ConfigResource, ConfigResourceType, KafkaConsumer, OffsetSpec, TopicPartition, reader
-from .kafka.errors import KafkaError, MessageSizeTooLargeError, is_too_large
-from .message import HEADER_ID, HEADER_TASK, Message, decode, header
-
-if TYPE_CHECKING:
-    from .app import App
-
-logger = logging.getLogger(__name__)
+from ..message import HEADER_ID, HEADER_TASK, Message, decode, header
 
 __all__ = [
-    "H_ORIGINAL_TOPIC", "H_ORIGINAL_PARTITION", "H_ORIGINAL_OFFSET", "H_ORIGINAL_TIMESTAMP",
-    "H_ORIGINAL_TIMESTAMP_TYPE", "H_ORIGINAL_GROUP", "H_EXC_FQCN", "H_EXC_MESSAGE", "H_EXC_STACKTRACE",
-    "H_REASON", "H_ATTEMPTS", "H_HOST", "H_TIME", "H_ORIGIN_TOPIC", "H_REPLAY", "H_FORCE", "H_VALUE_DROPPED",
-    "REASONS", "DeadLetter", "DeadLetterError", "StoredDeadLetter",
-    "dead_letter_record", "publish", "without_value", "is_too_large", "check_size", "topic_max_bytes", "exception_info", "is_dead_letter_header", "strip_dead_letter_headers",
-    "replay_headers", "int_header", "dead_letter_topics", "iter_dead_letters", "replay", "purge", "pending_counts",
+    "REASONS", "MAX_EXC_MESSAGE_BYTES", "MAX_STACKTRACE_BYTES", "DeadLetter", "StoredDeadLetter",
+    "exception_info", "dead_letter_record", "without_value", "int_header",
 ]
 
 #: Why a record was dead-lettered; the value of ``ktasks-dlt-reason``. See docs/dead-letters.md.
@@ -110,12 +90,6 @@ MAX_STACKTRACE_BYTES = 64 * 1024
 _RECORD_OVERHEAD = 1024
 
 _TIMESTAMP_TYPES = {0: "CreateTime", 1: "LogAppendTime"}
-
-
-class DeadLetterError(KtasksError):
-    """A dead-letter topic could not be read, replayed or purged."""
-
-    retriable = True
 
 
 @dataclass
@@ -269,44 +243,6 @@ def dead_letter_record(dl: DeadLetter, max_bytes: int | None = None
 _SMALL_EXC_MESSAGE_BYTES = 1000
 
 
-#: Kafka's default ``max.message.bytes`` of a topic (``message.max.bytes`` of the broker).
-_KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
-#: A record batch's own bytes around one record (batch header, record framing), rounded up.
-_BATCH_OVERHEAD = 128
-_topic_limits: dict[tuple[str, str], int] = {}
-
-
-def topic_max_bytes(app: App, topic: str) -> int | None:
-    """The largest record batch ``topic`` accepts (its ``max.message.bytes``), or None if unknown.
-
-    Looked up once per topic. Knowing it matters: kafka-python 3.0.12's idempotent
-    producer treats a broker's "too large" answer as fatal, and fails every record it
-    sends afterwards.
-    """
-    cache_key = (app.settings.bootstrap_servers, topic)
-    if cache_key not in _topic_limits:
-        try:
-            described = app.topics.admin().describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        except (KafkaError, KtasksError) as exc:
-            logger.debug("cannot read max.message.bytes of %s: %s", topic, exc)
-            return None
-        # Only settings that differ from the broker's defaults are listed.
-        entry = (described.get("topic") or {}).get(topic) or {}
-        value = (entry.get("max.message.bytes") or {}).get("value")
-        _topic_limits[cache_key] = int(value) if value else _KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-    return _topic_limits[cache_key]
-
-
-def check_size(app: App, topic: str, value: bytes | None, key: bytes | None,
-               headers: Sequence[tuple[str, bytes]]) -> None:
-    """Raise ``MessageSizeTooLargeError`` before sending a record ``topic`` would reject as too large."""
-    limit = topic_max_bytes(app, topic)
-    size = (len(value or b"") + len(key or b"") + _BATCH_OVERHEAD
-            + sum(len(k.encode()) + len(v or b"") + 8 for k, v in headers))
-    if limit is not None and size > limit:
-        raise MessageSizeTooLargeError(f"a record of about {size} bytes is over {topic}'s max.message.bytes={limit}")
-
-
 def without_value(dl: DeadLetter, why: str) -> DeadLetter:
     """``dl`` without its value and stack trace, and a short exception message, saying ``why``.
 
@@ -321,40 +257,6 @@ def without_value(dl: DeadLetter, why: str) -> DeadLetter:
     return replace(dl, value=b"", stacktrace=None, exc_message=message,
                    value_dropped=f"value of {size} bytes left out: {why}")
 
-
-def publish(app: App, dl: DeadLetter, dlt_partitions: int | None = None) -> Any:
-    """Send ``dl`` to its dead-letter topic; returns kafka-python's ``FutureRecordMetadata``.
-
-    The topic is ``app.dead_letter_topic(origin)``. It is created on first use
-    (when ``auto_create_topics`` is on) with as many partitions as the origin
-    topic. The record goes to partition ``dl.partition`` when the dead-letter
-    topic has it (``dlt_partitions``, else looked up once and cached by the
-    app's topic manager); otherwise the producer's partitioner chooses.
-
-    Raises :class:`~ktasks.errors.EnqueueError` if the send cannot even be
-    queued; a failed delivery shows in the future. The caller must not commit
-    the original offset until the future succeeded.
-    """
-    origin = dl.effective_origin_topic
-    topic = app.dead_letter_topic(origin)
-    if dlt_partitions is None:
-        dlt_partitions = app.topics.partitions_of(topic)
-        if dlt_partitions is None:
-            app.ensure_topics([topic], partitions=app.topics.partitions_of(origin))
-            dlt_partitions = app.topics.partitions_of(topic)
-    partition = dl.partition if dlt_partitions is not None and 0 <= dl.partition < dlt_partitions else None
-    if partition is None:
-        logger.warning("dead-letter topic %s: no partition %d (%s); the partitioner chooses", topic,
-                       dl.partition, "not found" if dlt_partitions is None else f"{dlt_partitions} partitions")
-    max_bytes = max(app.settings.max_message_bytes, 1048576)
-    value, key, headers = dead_letter_record(dl, max_bytes=max_bytes)
-    logger.info("dead-lettering %s[%d]@%d to %s (reason %s, %s)", dl.topic, dl.partition, dl.offset,
-                topic, dl.reason, dl.exc_type or "no exception")
-    # send_raw is typed for bytes, but a tombstone (None) is a valid record value to keep.
-    return app.send_raw(topic, cast(bytes, value), key=key, headers=headers, partition=partition)
-
-
-# -- reading back -----------------------------------------------------------------
 
 def int_header(headers: Sequence[tuple[str, bytes]], name: str) -> int | None:
     """An integer header in Spring's binary encoding (4 or 8 bytes big-endian) or as decimal text."""
@@ -495,152 +397,3 @@ class StoredDeadLetter:
     def original_headers(self) -> list[tuple[str, bytes]]:
         """The original record's headers (the dead-letter ones removed)."""
         return strip_dead_letter_headers(self.headers)
-
-
-def dead_letter_topics(app: App, topic: str | None = None) -> list[str]:
-    """The dead-letter topics to work on.
-
-    With no ``topic``: the DLT of every task topic of the app. A ``topic`` that
-    already ends with the dead-letter suffix is taken as it is; any other is
-    taken as a task topic and mapped to its DLT.
-    """
-    suffix = app.settings.dead_letter_suffix
-    if topic is None:
-        return [app.dead_letter_topic(t) for t in app.task_topics()]
-    if suffix and topic.endswith(suffix):
-        return [topic]
-    return [app.dead_letter_topic(topic)]
-
-
-def _consumer(app: App) -> KafkaConsumer:
-    """A consumer without a group: it reads by assignment and never commits anything."""
-    try:
-        return reader(app.settings, f"{app.client_id}-dlq")
-    except KafkaError as exc:
-        raise DeadLetterError(f"cannot connect to Kafka at {app.settings.bootstrap_servers}: {exc}") from exc
-
-
-def _partitions(app: App, topics: Iterable[str]) -> list[TopicPartition]:
-    tps: list[TopicPartition] = []
-    for topic in topics:
-        count = app.topics.partitions_of(topic)
-        if count is None:
-            logger.info("dead-letter topic %s does not exist", topic)
-            continue
-        tps.extend(TopicPartition(topic, p) for p in range(count))
-    return tps
-
-
-def _offsets(app: App, tps: list[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-    """``{partition: (earliest, end)}`` as the admin client reports them now."""
-    if not tps:
-        return {}
-    admin = app.topics.admin()
-    try:
-        earliest = admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
-        latest = admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
-    except KafkaError as exc:
-        raise DeadLetterError(f"listing offsets of {sorted({tp.topic for tp in tps})}: {exc}") from exc
-    return {tp: (earliest[tp].offset, latest[tp].offset) for tp in tps}
-
-
-def pending_counts(app: App, topics: Iterable[str]) -> dict[TopicPartition, tuple[int, int]]:
-    """``{partition: (earliest offset, end offset)}`` of the given dead-letter topics that exist.
-
-    ``end - earliest`` is the number of records a purge would remove.
-    """
-    return _offsets(app, _partitions(app, topics))
-
-
-def iter_dead_letters(app: App, topics: Iterable[str], *, tail: int | None = None,
-                      idle_timeout_s: float = 30.0) -> Iterator[StoredDeadLetter]:
-    """Read dead-letter topics from the start (or the last ``tail`` records of each partition) to
-    their current end, then stop.
-
-    Uses a consumer without a group (assign and seek), so it never commits and
-    never disturbs a worker. Records appended after the call started are not
-    read. Raises :class:`DeadLetterError` if no record arrives for
-    ``idle_timeout_s`` while some are still expected.
-    """
-    tps = _partitions(app, topics)
-    bounds = {tp: b for tp, b in _offsets(app, tps).items() if b[1] > b[0]}
-    if not bounds:
-        return
-    consumer = _consumer(app)
-    try:
-        consumer.assign(list(bounds))
-        for tp, (start, end) in bounds.items():
-            consumer.seek(tp, max(start, end - tail) if tail else start)
-        remaining = {tp: end for tp, (_, end) in bounds.items()}
-        deadline = time.monotonic() + idle_timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise DeadLetterError(
-                    f"reading {sorted({tp.topic for tp in remaining})}: nothing received for "
-                    f"{idle_timeout_s:g} s with {len(remaining)} partition(s) not read to the end")
-            batch = consumer.poll(timeout_ms=200)
-            for tp, records in batch.items():
-                stop = remaining.get(tp)
-                if stop is None:
-                    continue
-                for record in records:
-                    if record.offset >= stop:
-                        break
-                    yield StoredDeadLetter.from_record(record)
-                deadline = time.monotonic() + idle_timeout_s
-            for tp in list(remaining):
-                if consumer.position(tp) >= remaining[tp]:
-                    del remaining[tp]
-                    consumer.pause(tp)
-    finally:
-        consumer.close()
-
-
-def replay(app: App, letter: StoredDeadLetter, force: bool = False) -> Any:
-    """Republish a dead letter's original value and key for its origin topic; returns the send future.
-
-    The record goes to the origin topic's first retry tier, which the
-    origin's workers consume and run at once (its due time, if any, is past):
-    the worker trusts the replay marks only on its retry topics (see
-    :mod:`ktasks.headers`). Headers are the original ones plus
-    ``ktasks-origin-topic``, ``ktasks-replay: 1`` (and ``ktasks-force: 1``
-    with ``force``, which makes the worker run it even if its ledger recorded
-    a success). The dead letter itself stays where it is. The topic is
-    created if it is missing (when ``auto_create_topics`` is on). Raises
-    :class:`~ktasks.errors.EnqueueError` if the send cannot be queued.
-    """
-    origin = letter.origin_topic(app.settings.dead_letter_suffix)
-    topic = app.retry_topic(origin, app.delay_tier_ms(0))
-    app.ensure_topics([topic])
-    logger.info("replaying %s[%d]@%d (id %s) to %s via %s%s", letter.topic, letter.partition, letter.offset,
-                letter.task_id, origin, topic, " (forced)" if force else "")
-    return app.send_raw(topic, cast(bytes, letter.value), key=letter.key,
-                        headers=replay_headers(letter.headers, force, origin_topic=origin))
-
-
-def purge(app: App, topics: Iterable[str],
-          bounds: dict[TopicPartition, tuple[int, int]] | None = None) -> int:
-    """Delete every record of the given dead-letter topics up to their end offsets; returns how many.
-
-    ``bounds`` (from :func:`pending_counts`) fixes the end offsets, so records
-    that arrive after an operator confirmed are kept. Uses the admin client's
-    ``delete_records``: the records are gone for every reader.
-    """
-    if bounds is None:
-        bounds = pending_counts(app, topics)
-    todo = {tp: end for tp, (start, end) in bounds.items() if end > start}
-    if not todo:
-        return 0
-    try:
-        result = app.topics.admin().delete_records(todo, timeout_ms=max(app.settings.send_timeout_ms, 5000))
-    except KafkaError as exc:
-        raise DeadLetterError(f"deleting records of {sorted({tp.topic for tp in todo})}: {exc}") from exc
-    removed = 0
-    for tp, end in todo.items():
-        info = result.get(tp) or {}
-        if info.get("error_code"):
-            raise DeadLetterError(f"deleting records of {tp.topic}[{tp.partition}]: error code "
-                                  f"{info['error_code']}")
-        removed += end - bounds[tp][0]
-    logger.info("purged %d dead letters from %s", removed, sorted({tp.topic for tp in todo}))
-    return removed
