@@ -15,16 +15,9 @@ and run ``ktasks worker -A billing:app -c 4``.
 from __future__ import annotations
 
 import logging
-import warnings
 
-# kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API when it is
-# imported: about 200 DeprecationWarnings that are not the user's to fix. Silence exactly those,
-# only for this import (every kafka module ktasks uses is loaded by it), not globally.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r"(read_text|open_text) is deprecated", category=DeprecationWarning)
-    import kafka  # noqa: F401
-
-from .app import App  # noqa: E402
+from . import kafka as kafka  # first: imports kafka-python without its DeprecationWarnings (see there)
+from .app import App
 from .errors import (
     AuthenticationFailed,
     BrokerUnavailable,

@@ -13,14 +13,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from kafka.errors import KafkaError
-
 from .celery_names import absolute_time, translate
 from .errors import ConfigurationError, EncodeError, MessageTooLarge, TaskNotRegistered
 from .headers import H_ORIGIN_TOPIC
+from .kafka.errors import KafkaError
+from .kafka.producer import ProducerHolder, translate_send_error
 from .message import Message, decode, encode, headers_of, new_id
 from .middleware import Middleware, MiddlewareStack, default_middleware
-from .producer import ProducerHolder, translate_send_error
 from .settings import Settings
 from .task import EagerResult, SendHandle, Task, TaskOptions
 

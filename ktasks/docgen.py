@@ -39,7 +39,9 @@ Environment variables are parsed by type: integers and floats as numbers, boolea
 names (`_ms`, `_s`).
 
 Kafka client settings are passed to kafka-python: {passthrough} directly, and anything else
-through `kafka_options`, whose keys are checked against kafka-python's own settings.
+through `kafka_options`, whose keys are checked against kafka-python's own settings; each client
+(the worker's consumer, the producer, the admin client) gets the keys it accepts, so a consumer-only
+option such as `fetch_max_bytes` does not reach the producer.
 """
 
 

@@ -126,6 +126,12 @@ class PoisonMessage(TaskError):
     """A message started ``max_starts`` times without ever finishing."""
 
 
+class DeadLetterError(KtasksError):
+    """A dead-letter topic could not be read, replayed or purged."""
+
+    retriable = True
+
+
 class LedgerError(KtasksError):
     """The execution ledger could not be opened or written."""
 
@@ -144,3 +150,31 @@ class AlreadyClaimed(TaskError):
     def __init__(self, key: str) -> None:
         super().__init__(f"idempotency key {key!r} is already claimed: this task's writes were committed before")
         self.key = key
+
+
+#: Module of the exceptions Python itself defines: named without it (``ValueError``).
+_BUILTINS = "builtins"
+
+
+def exception_name(exc: BaseException | type[BaseException]) -> str:
+    """The name ktasks writes for an exception (or its class): ``module.QualName``.
+
+    Built-in exceptions are named without their module, as Python's tracebacks
+    name them (``ValueError``, never ``builtins.ValueError``); every other one,
+    including those of ``__main__``, with its module. This is the one rule for
+    the ``kafka_dlt-exception-fqcn`` and ``ktasks-last-error`` headers, the
+    ledger's ``exc_type`` and the middleware's rejections.
+    """
+    cls = exc if isinstance(exc, type) else type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == _BUILTINS else f"{module}.{cls.__qualname__}"
+
+
+def normalize_exception_name(name: str) -> str:
+    """``name`` as :func:`exception_name` writes it now, for names read back from older records.
+
+    Workers before this rule wrote built-ins as ``builtins.ValueError``; reading
+    both spellings as one keeps filters and listings of old dead letters working.
+    """
+    prefix = _BUILTINS + "."
+    return name[len(prefix):] if name.startswith(prefix) else name

@@ -27,11 +27,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kafka import KafkaAdminClient, TopicPartition
-from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError, KafkaTimeoutError
-
 from .errors import BrokerUnavailable, KtasksError
+from .kafka import KafkaAdminClient, OffsetSpec, TopicPartition, client_config
+from .kafka.errors import KafkaError, KafkaTimeoutError
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -230,10 +228,9 @@ class ClusterStatus:
 
 
 def _admin_config(settings: Settings, client_id: str, timeout_s: float) -> dict[str, Any]:
-    cfg = {k: v for k, v in settings.kafka_common().items() if k in KafkaAdminClient.DEFAULT_CONFIG}
     timeout_ms = max(1000, int(timeout_s * 1000))
-    cfg.update(client_id=client_id, bootstrap_timeout_ms=timeout_ms, request_timeout_ms=timeout_ms)
-    return cfg
+    return client_config(settings, "admin", dict(client_id=client_id, bootstrap_timeout_ms=timeout_ms,
+                                                 request_timeout_ms=timeout_ms), user_wins=False)
 
 
 def _owner_of(member: Mapping[str, Any]) -> Owner:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._proc import pid_alive, start_ticks
-from .errors import LedgerError
+from .errors import LedgerError, exception_name
 from .ledger_schema import (
     APPLICATION_ID,
     BEGIN_DEFERRED,
@@ -210,11 +210,6 @@ class Decision:
     @property
     def run(self) -> bool:
         return self.kind is Kind.RUN
-
-
-def _qualname(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 class Ledger:
@@ -547,7 +542,7 @@ class Ledger:
         except Exception:  # a broken __str__ must not lose the record
             message = repr(exc)
         now = time.time()
-        self._buffer((key, task), _FAILED, (key, task, now, _qualname(exc), message, tb, now))
+        self._buffer((key, task), _FAILED, (key, task, now, exception_name(exc), message, tb, now))
 
     def _buffer(self, ident: tuple[str, str], sql: str, params: tuple[Any, ...]) -> None:
         self._pending.append((sql, params))

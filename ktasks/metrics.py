@@ -24,7 +24,7 @@ from .errors import ConfigurationError
 from .middleware import Middleware, TaskEvent
 
 if TYPE_CHECKING:
-    from kafka import TopicPartition
+    from .kafka import TopicPartition
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from kafka import KafkaAdminClient
-from kafka.errors import KafkaError
-
+from .kafka import KafkaAdminClient, client_config
+from .kafka.errors import KafkaError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -35,9 +34,10 @@ _PAUSE_S = (0.5, 5.0)
 
 def probe_cluster(settings: Settings, client_id: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Connect to the cluster and fetch its metadata once; raises the client's error if it does not answer."""
-    cfg = settings.kafka_common()
-    cfg.update(client_id=f"{client_id}-probe", bootstrap_timeout_ms=int(timeout_s * 1000),
-               request_timeout_ms=max(int(timeout_s * 1000), 1000))
+    cfg = client_config(settings, "admin", dict(client_id=f"{client_id}-probe",
+                                                bootstrap_timeout_ms=int(timeout_s * 1000),
+                                                request_timeout_ms=max(int(timeout_s * 1000), 1000)),
+                        user_wins=False)
     with _kafka_python_quiet():
         admin = KafkaAdminClient(**cfg)
         try:

@@ -26,13 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from . import faults
 from .app import App
 from .appdb.outbox import unpack_headers
 from .appdb.store import OutboxRow, OutboxStore, open_store, redact_dsn
 from .errors import KtasksError
+from .kafka.errors import KafkaError
 
 logger = logging.getLogger(__name__)
 

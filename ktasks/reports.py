@@ -27,10 +27,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
-
 from .errors import KtasksError
+from .kafka import KafkaConsumer, TopicPartition, reader
+from .kafka.errors import KafkaError
 from .metrics import ktasks_version, partition_lag
 from .middleware import Middleware, TaskEvent
 
@@ -247,12 +246,8 @@ class ReportFeed:
 
     def _connect(self) -> KafkaConsumer:
         if self._consumer is None:
-            cfg = {k: v for k, v in self.settings.kafka_common().items() if k in KafkaConsumer.DEFAULT_CONFIG}
-            cfg.update(client_id=self.client_id, group_id=None, enable_auto_commit=False,
-                       auto_offset_reset="earliest", allow_auto_create_topics=False,
-                       bootstrap_timeout_ms=self.settings.send_timeout_ms)
             try:
-                self._consumer = KafkaConsumer(**cfg)
+                self._consumer = reader(self.settings, self.client_id)
             except KafkaError as exc:
                 raise KtasksError(f"cannot read worker reports from {self.settings.bootstrap_servers}: "
                                   f"{exc}") from exc

@@ -121,8 +121,8 @@ _add("ssl_cafile", str, None, "CA bundle for SSL.", G, nullable=True)
 _add("ssl_certfile", str, None, "Client certificate for SSL.", G, nullable=True)
 _add("ssl_keyfile", str, None, "Client key for SSL.", G, nullable=True)
 _add("ssl_password", str, None, "Password of the SSL key.", G, nullable=True)
-_add("kafka_options", dict, {}, "Further kafka-python settings passed to every client, for example "
-     "`{\"request_timeout_ms\": 20000}`. Keys are checked against kafka-python's own settings.", G)
+_add("kafka_options", dict, {}, "Further kafka-python settings, for example `{\"request_timeout_ms\": 20000}`. "
+     "Each client (consumer, producer, admin) gets the keys it accepts; a key no client accepts is refused.", G)
 
 # -- topics ----------------------------------------------------------------------
 G = "Topics"
@@ -255,7 +255,9 @@ class Settings:
             else:
                 default = setting.default
                 resolved[name] = default.copy() if isinstance(default, (dict, list)) else default
-        _check_kafka_options(resolved["kafka_options"])
+        from .kafka.clients import check_kafka_options  # kafka-python is imported by ktasks.kafka only
+
+        check_kafka_options(resolved["kafka_options"])
         resolved["topic_configs"] = _check_topic_configs(resolved["topic_configs"], resolved["min_insync_replicas"],
                                                          resolved["replication_factor"])
         object.__setattr__(self, "_values", resolved)
@@ -279,7 +281,7 @@ class Settings:
         return dict(self._values)
 
     def kafka_common(self) -> dict[str, Any]:
-        """Settings every kafka-python client gets: servers, security, then ``kafka_options``."""
+        """Servers, security, then ``kafka_options``; :func:`ktasks.kafka.client_config` keeps what a client accepts."""
         cfg: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers.split(",")}
         for name in KAFKA_PASSTHROUGH:
             value = self._values[name]
@@ -299,15 +301,6 @@ class Settings:
         shown = {k: ("***" if "password" in k and v else v) for k, v in self._values.items()
                  if v != SETTINGS[k].default}
         return f"Settings({shown})"
-
-
-def _check_kafka_options(options: dict[str, Any]) -> None:
-    from kafka import KafkaConsumer, KafkaProducer
-
-    known = set(KafkaProducer.DEFAULT_CONFIG) | set(KafkaConsumer.DEFAULT_CONFIG)
-    for key in options:
-        if key not in known:
-            raise ConfigurationError(f"kafka_options: {key!r} is not a kafka-python setting")
 
 
 def _check_topic_configs(configs: dict[str, Any], min_insync: int | None, replication_factor: int

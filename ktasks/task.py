@@ -11,17 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from kafka.errors import KafkaError
-
 from .celery_names import translate
 from .errors import AlreadyClaimed, ConfigurationError, Retry
+from .kafka.errors import KafkaError
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from kafka.producer.future import FutureRecordMetadata
-
     from .app import App
+    from .kafka import FutureRecordMetadata
     from .message import Message
 
 logger = logging.getLogger(__name__)
@@ -160,7 +158,7 @@ class SendHandle:
         try:
             md = self._future.get(timeout=timeout)
         except KafkaError as exc:
-            from .producer import translate_send_error
+            from .kafka.producer import translate_send_error
 
             raise translate_send_error(exc, self._app.settings) from exc
         return SentRecord(md.topic, md.partition, md.offset)

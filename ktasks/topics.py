@@ -19,12 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
-from kafka.errors import KafkaError, KafkaTimeoutError, SaslAuthenticationFailedError, TopicAlreadyExistsError
-
-from .errors import BrokerUnavailable, TopicError
-from .kafka_auth import authentication_failed
+from .errors import TopicError
+from .kafka import ConfigResource, ConfigResourceType, KafkaAdminClient, client_config
+from .kafka.clients import connecting
+from .kafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -107,19 +108,11 @@ class TopicManager:
         self._after_fork()
         with self._lock:
             if self._admin is None:
-                cfg = self._settings.kafka_common()
-                cfg.update(client_id=f"{self._client_id}-admin",
-                           bootstrap_timeout_ms=self._settings.send_timeout_ms,
-                           request_timeout_ms=max(self._settings.send_timeout_ms, 5000))
-                try:
+                cfg = client_config(self._settings, "admin", dict(
+                    client_id=f"{self._client_id}-admin", bootstrap_timeout_ms=self._settings.send_timeout_ms,
+                    request_timeout_ms=max(self._settings.send_timeout_ms, 5000)), user_wins=False)
+                with connecting(self._settings):
                     self._admin = KafkaAdminClient(**cfg)
-                except SaslAuthenticationFailedError as exc:
-                    raise authentication_failed(exc, self._settings) from exc
-                except KafkaTimeoutError as exc:
-                    raise BrokerUnavailable(
-                        f"Kafka at {self._settings.bootstrap_servers} unreachable after "
-                        f"{self._settings.send_timeout_ms} ms (send_timeout_ms)"
-                    ) from exc
             return self._admin
 
     def partitions_of(self, topic: str) -> int | None:

@@ -12,10 +12,19 @@ from ktasks.headers import (
     H_LAST_ERROR,
     H_ORIGIN_TOPIC,
     H_REPLAY,
+    RULES,
+    Copy,
+    Fate,
     Marks,
+    Rule,
+    Trust,
     check_caller_headers,
+    delay_headers,
     is_reserved,
+    replay_headers,
     retry_headers,
+    rule_of,
+    strip_dead_letter_headers,
     trusted_marks,
 )
 from ktasks.message import Message, encode, header, headers_of
@@ -89,3 +98,36 @@ def test_forged_control_headers_on_a_task_topic_are_ignored_by_the_worker(projec
     topics = set(kafka_admin.list_topics())
     assert elsewhere not in topics and elsewhere + ".DLT" not in topics
     assert w.stop() == 0
+
+
+def _copies(headers: list[tuple[str, bytes]]) -> dict[Copy, list[tuple[str, bytes]]]:
+    """What each copy ktasks makes writes, built by the functions the worker and the dlq tools call."""
+    return {
+        Copy.RETRY: retry_headers(headers, "orders", "ValueError: no"),
+        Copy.DELAY: delay_headers(headers, "orders", from_tier=True),
+        Copy.DEAD_LETTER: strip_dead_letter_headers(headers),
+        Copy.REPLAY: replay_headers(headers, force=True, origin_topic="orders"),
+    }
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
+def test_every_copy_follows_the_rules_table(rule: Rule) -> None:
+    name = rule.name + "original-topic" if rule.prefix else rule.name
+    stale = (name, b"stale-value")
+    for copy, headers in _copies([("trace-id", b"abc"), stale]).items():
+        fate = rule.fates[copy]
+        assert ("trace-id", b"abc") in headers, f"{copy.value} lost a caller's header"
+        assert (stale in headers) == (fate is Fate.CARRIED), f"{copy.value} should have {fate.value} {name}"
+        if fate is Fate.DROPPED:
+            assert name not in dict(headers), f"{copy.value} should have dropped {name}"
+
+
+def test_rewritten_headers_get_a_fresh_value_and_untrusted_control_headers_are_not_delayed() -> None:
+    for copy, headers in _copies([]).items():
+        for rule in RULES:
+            if not rule.prefix and rule.fates[copy] is Fate.REWRITTEN and copy is not Copy.DEAD_LETTER:
+                assert rule.name in dict(headers), f"{copy.value} should write {rule.name}"
+    from_task_topic = delay_headers(CONTROL, "orders", from_tier=False)
+    assert from_task_topic == [(H_ORIGIN_TOPIC, b"orders")]
+    assert [r.name for r in RULES if r.trust is Trust.RETRY_TOPICS_ONLY] == [H_ORIGIN_TOPIC, H_REPLAY, H_FORCE]
+    assert rule_of("trace-id") is None and rule_of("ktasks-dlt-reason") is not None

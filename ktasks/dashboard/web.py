@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from kafka import TopicPartition
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from .. import deadletter as dlt
 from ..errors import KtasksError
+from ..kafka import TopicPartition
 from .charts import line_chart
 from .state import DashboardState
 

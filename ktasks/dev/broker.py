@@ -495,7 +495,7 @@ class DevBroker:
                 pass
         except OSError:
             return False
-        from kafka import KafkaAdminClient
+        from ..kafka import KafkaAdminClient
 
         timeout_ms = max(int(timeout_s * 1000), 100)
         admin = None

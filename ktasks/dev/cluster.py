@@ -302,7 +302,7 @@ class DevCluster:
     @contextmanager
     def _admin(self, timeout_s: float) -> Iterator[Any]:
         """An admin client on the running nodes (None when none runs), closed afterwards."""
-        from kafka import KafkaAdminClient
+        from ..kafka import KafkaAdminClient
 
         running = [n for n in self.node_ids if self.node(n).is_running()]
         if not running:

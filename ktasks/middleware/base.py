@@ -29,9 +29,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-if TYPE_CHECKING:
-    from kafka import TopicPartition
+from ..errors import exception_name
 
+if TYPE_CHECKING:
+    from ..kafka import TopicPartition
     from ..message import Message
     from ..task import Task, TaskContext
 
@@ -309,7 +310,7 @@ class MiddlewareStack:
                 logger.exception("middleware %s.intake failed on %s@%d: dead-lettering the record",
                                  type(item).__name__, record.topic, record.offset)
                 return Reject(f"{type(item).__name__}.intake raised {type(exc).__name__}: {exc}",
-                              exc_type=f"{type(exc).__module__}.{type(exc).__qualname__}")
+                              exc_type=exception_name(exc))
             if decision is not None:
                 return decision
         return None

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kafka.errors import KafkaTimeoutError
+from ..kafka.errors import KafkaTimeoutError
 
 logger = logging.getLogger(__name__)
 

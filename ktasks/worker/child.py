@@ -26,10 +26,9 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from kafka.errors import KafkaError
-
 from .. import faults
-from ..errors import BrokerUnavailable, EnqueueError, TaskExpired
+from ..errors import BrokerUnavailable, EnqueueError, TaskExpired, exception_name
+from ..kafka.errors import KafkaError
 from ..logs import bind_task, configure_logging, task_extra
 from ..message import decode, pack, unpack
 from ..middleware import retries, timelimits
@@ -240,7 +239,7 @@ class Child:
                 log_extra: dict[str, Any]) -> list[Any]:
         cause = retries.cause_of(error)
         tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
-        exc_type = f"{type(cause).__module__}.{type(cause).__qualname__}"
+        exc_type = exception_name(cause)
         self.gate.failed(msg, task.name, cause, tb)
         decision = retries.decide(task, error, msg.attempt)
         if decision.retry:

@@ -16,12 +16,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata
-
 from .. import faults
 from ..deadletter import publish as publish_dead_letter
+from ..kafka import OffsetAndMetadata, TopicPartition
+from ..kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from ..middleware import deadletter
 from .async_commit import AsyncCommitter
 from .outbox import Outbox

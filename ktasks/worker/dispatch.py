@@ -18,9 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kafka import TopicPartition
-
 from ..errors import WorkerLost
+from ..kafka import TopicPartition
 from ..middleware import timelimits
 from .outcomes import Outcomes
 from .partitions import Job, Partitions

@@ -27,10 +27,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from kafka import TopicPartition
-
 from ..errors import DecodeError
 from ..headers import trusted_marks
+from ..kafka import TopicPartition
 from ..message import decode, encode
 from ..middleware import Decision, Defer, Intake, Reject, Skip
 from ..middleware import deadletter as dead

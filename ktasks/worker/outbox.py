@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.errors import KafkaError
-
 from .. import faults
 from ..deadletter import check_size, is_too_large, without_value
 from ..deadletter import publish as publish_dead_letter
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers
+from ..kafka import TopicPartition
+from ..kafka.errors import KafkaError
 from ..message import encode
 from ..middleware import deadletter
 from .partitions import Job, Partitions

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import WorkerError
+from ..errors import WorkerError, exception_name
 from ..middleware import TaskEvent, retries
 from ..middleware import deadletter as dead
 from .outbox import Outbox
@@ -76,7 +76,7 @@ class Outcomes:
     def failed_in_parent(self, job: Job, exc: BaseException, reason: str, run_time_s: float) -> None:
         """An attempt the parent saw fail (its child killed or dead): retried or dead-lettered."""
         assert job.message is not None and self.outbox is not None
-        exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        exc_type = exception_name(exc)
         decision = retries.decide(job.task, exc, job.message.attempt, reason=reason)
         self.report(job, "retried" if decision.retry else "failed", run_time_s, reason=decision.reason)
         if decision.retry:

@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import TopicPartition
-
+from ..kafka import TopicPartition
 from ..logs import task_extra
 from ..message import Message
 from . import offsetmap

@@ -15,8 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import TopicPartition
-
+from ..kafka import TopicPartition
 from .committer import UNKNOWN, Committer
 from .dispatch import Dispatcher
 from .outbox import Outbox

@@ -21,16 +21,15 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from kafka import TopicPartition
-from kafka.errors import KafkaError
-
 from .. import faults
 from ..errors import KtasksError
+from ..kafka import TopicPartition
+from ..kafka.consumer import Listener, build_consumer
+from ..kafka.errors import KafkaError
 from ..readiness import wait_for_cluster
 from .committer import Committer
 from .dispatch import QUICK_TASK_S, Dispatcher
 from .intake import RecordIntake
-from .membership import Listener, build_consumer
 from .outbox import Outbox, PendingPublish
 from .outcomes import Outcomes, Stats
 from .partitions import Job, Partitions, PartitionState

@@ -108,5 +108,5 @@ def test_cluster_replicates_three_ways_with_min_insync_two(kafka_cluster: DevClu
 
 
 # Stopping (kill -9) and starting a node through `ktasks dev stop|start --node` is exercised by
-# tests/test_producer.py::test_killing_the_active_controller_loses_no_delay, so the suite restarts a
+# tests/kafka/test_producer.py::test_killing_the_active_controller_loses_no_delay, so the suite restarts a
 # node only once.

@@ -46,9 +46,9 @@ def when_ready(server):
 
 def worker_exit(server, worker):
     import tasks
-    import ktasks.producer
+    import ktasks.kafka.producer
     _report(role="worker", pid=os.getpid(), built_here=tasks.app.producer.started,
-            inherited=len(ktasks.producer._inherited))
+            inherited=len(ktasks.kafka.producer._inherited))
 """
 
 

@@ -12,8 +12,8 @@ import pytest
 from kafka import KafkaProducer
 
 from ktasks.errors import DecodeError
+from ktasks.kafka.producer import ProducerHolder
 from ktasks.message import decode, encode, headers_of
-from ktasks.producer import ProducerHolder
 from ktasks.settings import Settings
 from tests.protocol import vectors
 from tests.protocol.typed import to_json

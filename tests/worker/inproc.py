@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from kafka import TopicPartition
 
-from ktasks.worker.membership import build_consumer
+from ktasks.kafka.consumer import build_consumer
 from ktasks.worker.worker import Worker
 
 T = TypeVar("T")

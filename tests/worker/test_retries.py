@@ -90,7 +90,7 @@ def test_exhausted_and_non_retriable_failures_go_to_the_dead_letter_topic_with_f
 
     exhausted = headers(by_reason["retries-exhausted"])
     assert exhausted["kafka_dlt-original-topic"] == p.topic + ".retry-200ms"
-    assert exhausted["kafka_dlt-exception-fqcn"] == "builtins.ValueError"
+    assert exhausted["kafka_dlt-exception-fqcn"] == "ValueError"
     assert exhausted["kafka_dlt-exception-message"] == "bad value 7"
     assert "ValueError: bad value 7" in exhausted["kafka_dlt-exception-stacktrace"]
     assert exhausted["kafka_dlt-original-consumer-group"] == p.group
@@ -108,7 +108,7 @@ def test_exhausted_and_non_retriable_failures_go_to_the_dead_letter_topic_with_f
 
     wrong = headers(by_reason["not-retriable"])
     assert wrong["kafka_dlt-original-topic"] == p.topic
-    assert wrong["kafka_dlt-exception-fqcn"] == "builtins.KeyError"
+    assert wrong["kafka_dlt-exception-fqcn"] == "KeyError"
     assert wrong["ktasks-dlt-attempts"] == "1"
     # The original payload is kept unchanged: it decodes to the same call.
     from ktasks.message import decode

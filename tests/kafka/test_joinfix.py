@@ -1,7 +1,7 @@
 """A member joining a busy one: the consumer layer's join fix, with two consumers and no worker.
 
 The busy member polls with ``timeout_ms=0``, as the worker does while tasks
-run. Before the fix in ``ktasks.worker.joinfix``, kafka-python 3.0 dropped
+run. Before the fix in ``ktasks.kafka.joinfix``, kafka-python 3.0 dropped
 every join that finished between two polls and rejoined: generation after
 generation ("rebalance storm") until a poll happened to be waiting when the
 SyncGroup answer came.
@@ -18,8 +18,8 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from ktasks.kafka.consumer import build_consumer
 from ktasks.settings import Settings
-from ktasks.worker.membership import build_consumer
 from tests.helpers import create_topic, wait_until
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from kafka import KafkaConsumer
 from kafka.coordinator.assignors.cooperative_sticky import CooperativeStickyAssignor
 
+from ktasks.kafka.consumer import assignors, build_consumer
 from ktasks.settings import Settings
-from ktasks.worker.membership import assignors, build_consumer
 from tests.helpers import create_topic, wait_until
 
 

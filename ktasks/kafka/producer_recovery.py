@@ -11,7 +11,7 @@ InitProducerId request is ever sent; and while there is no producer id the
 sender never drains nor expires a batch. Every pending and later record waits
 forever, even after the broker is back.
 
-Two layers, both installed by :class:`ktasks.producer.ProducerHolder` on every
+Two layers, both installed by :class:`ktasks.kafka.producer.ProducerHolder` on every
 producer it builds (the app's, and so the worker's retry and dead-letter
 copies, which go through the app):
 

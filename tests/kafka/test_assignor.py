@@ -10,7 +10,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.protocol.consumer.metadata import ConsumerProtocolAssignment, ConsumerProtocolSubscription
 
-from ktasks.worker.assignor import BalancedAssignor, Member, Plan, UpgradeCompatibleCooperativeSticky, plan
+from ktasks.kafka.assignor import BalancedAssignor, Member, Plan, UpgradeCompatibleCooperativeSticky, plan
 
 TASKS = {"tasks": 6, "tasks.retry-1s": 6, "tasks.retry-10s": 6, "tasks.retry-60s": 6}
 

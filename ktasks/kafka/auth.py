@@ -12,8 +12,7 @@ closes the connection at once, and when both arrive in one read,
 response itself is lost.
 
 The workarounds, installed once when this module is imported (by
-:mod:`ktasks.producer` and :mod:`ktasks.topics`, so every ktasks client has
-them):
+:mod:`ktasks.kafka` itself, so every ktasks client has them):
 
 * a read that returns data and then finds the connection closed hands the
   data over first and reports the close on the next read;
@@ -34,8 +33,8 @@ from kafka.net.connection import KafkaConnection
 from kafka.net.manager import KafkaConnectionManager
 from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
 
-from .errors import AuthenticationFailed
-from .settings import Settings
+from ..errors import AuthenticationFailed
+from ..settings import Settings
 
 __all__ = ["authentication_failed", "install"]
 

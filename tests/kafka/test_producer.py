@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import ktasks.producer
+import ktasks.kafka.producer
 from ktasks import BrokerUnavailable
 from ktasks.errors import EnqueueError
 from ktasks.message import decode
@@ -107,7 +107,7 @@ def test_enqueue_from_a_forked_child_after_the_parent_enqueued(app, read_records
             os.close(read_fd)
             own = app.producer.get()
             assert own is not parent_producer
-            assert any(p is parent_producer for p in ktasks.producer._inherited)
+            assert any(p is parent_producer for p in ktasks.kafka.producer._inherited)
             h1 = job.delay("child")
             h2 = job.apply_async(args=("child-topic",), topic=child_topic)
             h1.wait_sent(timeout=30)
@@ -230,7 +230,7 @@ def test_down_broker_gives_broker_unavailable_naming_the_address(make_app, close
     assert not app.producer.started
 
 
-# -- kafka-python's stuck producer (ktasks.producer_recovery) -------------------------------------
+# -- kafka-python's stuck producer (ktasks.kafka.producer_recovery) -------------------------------------
 
 
 def test_a_producer_whose_id_was_reset_sends_again(app, read_records):
@@ -270,7 +270,7 @@ def test_a_stalled_producer_fails_its_records_and_is_replaced(make_app, read_rec
 
     stuck = app.producer.get()
     delivery_s = app.producer.config()["delivery_timeout_ms"] / 1000
-    monkeypatch.setattr(ktasks.producer, "_STALL_MARGIN_S", 0.5 - delivery_s)  # "stuck" after 0.5 s
+    monkeypatch.setattr(ktasks.kafka.producer, "_STALL_MARGIN_S", 0.5 - delivery_s)  # "stuck" after 0.5 s
     handle = job.delay(0)
     with pytest.raises(EnqueueError, match="closed forcefully"):
         handle.wait_sent(timeout=30)

@@ -20,6 +20,7 @@ from kafka.net.selector import KernelEvent
 
 from ..settings import Settings
 from .assignor import BalancedAssignor, UpgradeCompatibleCooperativeSticky
+from .clients import client_config
 from .joinfix import collect_finished_joins
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,8 @@ def assignors(name: str) -> list[Any]:
 
 
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
-    cfg = settings.kafka_common()
-    cfg.update(
+    """The worker consumer's kafka-python settings; ``kafka_options`` the consumer accepts win."""
+    return client_config(settings, "consumer", dict(
         group_id=group_id,
         client_id=f"{client_id}@{socket.gethostname()}:{os.getpid()}",
         # Offsets are committed by hand, per record that finished, never the position.
@@ -70,12 +71,11 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         partition_assignment_strategy=assignors(settings.assignor),
         group_instance_id=settings.group_instance_id,
         bootstrap_timeout_ms=max(10000, settings.send_timeout_ms),
-    )
-    cfg.update(settings.kafka_options)
-    return cfg
+    ))
 
 
 def build_consumer(settings: Settings, group_id: str, client_id: str) -> KafkaConsumer:
+    """The worker's group consumer, with the join fix and the balanced assignor bound to it."""
     cfg = consumer_config(settings, group_id, client_id)
     consumer = KafkaConsumer(**cfg)
     # The worker polls with timeout_ms=0 while busy; without this, kafka-python 3.0 drops

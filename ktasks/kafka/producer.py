@@ -20,7 +20,7 @@ only through ``os._exit``, which would skip the other exit hooks.
 
 Every producer gets the workaround for kafka-python's lost producer id, and a
 watchdog replaces a producer that stopped making progress (see
-:mod:`ktasks.producer_recovery`).
+:mod:`ktasks.kafka.producer_recovery`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import weakref
 from typing import Any
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError, SaslAuthenticationFailedError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
-from .errors import BrokerUnavailable, EnqueueError
-from .kafka_auth import authentication_failed
-from .message import HEADER_ID, header
+from ..errors import BrokerUnavailable, EnqueueError
+from ..headers import H_ID, value_of
+from ..settings import Settings
+from .clients import client_config, connecting
 from .producer_recovery import abort_pending, has_fatal_error, install_producer_id_recovery, unusable_reason
-from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ class ProducerHolder:
 
     def config(self) -> dict[str, Any]:
         s = self._settings
-        cfg = s.kafka_common()
-        cfg.update(
+        return client_config(s, "producer", dict(
             client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
@@ -114,10 +113,7 @@ class ProducerHolder:
             delivery_timeout_ms=max(s.send_timeout_ms, s.linger_ms + min(30000, max(1000, s.send_timeout_ms // 2))),
             max_request_size=max(s.max_message_bytes + 1024, 1048576),
             compression_type=s.compression_type,
-        )
-        # Options the user passed explicitly win over our choices.
-        cfg.update(s.kafka_options)
-        return cfg
+        ))  # options the user passed explicitly in kafka_options win over these
 
     def get(self) -> KafkaProducer:
         """The producer of this process, built on first call."""
@@ -132,14 +128,8 @@ class ProducerHolder:
                 self._after_fork()
             if self._producer is None:
                 try:
-                    producer = KafkaProducer(**self.config())
-                except SaslAuthenticationFailedError as exc:
-                    raise authentication_failed(exc, self._settings) from exc
-                except KafkaTimeoutError as exc:
-                    raise BrokerUnavailable(
-                        f"Kafka at {self._settings.bootstrap_servers} unreachable after "
-                        f"{self._settings.send_timeout_ms} ms (send_timeout_ms)"
-                    ) from exc
+                    with connecting(self._settings):
+                        producer = KafkaProducer(**self.config())
                 except KafkaError as exc:
                     raise EnqueueError(f"cannot create Kafka producer: {exc}") from exc
                 # Our exit hook flushes with a longer timeout than kafka-python's own.
@@ -159,7 +149,7 @@ class ProducerHolder:
         """
         headers = headers or []
         future = self.get().send(topic, value=value, key=key, headers=headers, partition=partition)
-        self._pending.track(future, header(headers, HEADER_ID) or "(no task id)", topic)
+        self._pending.track(future, value_of(headers, H_ID) or "(no task id)", topic)
         return future
 
     def _replace_if_unusable(self) -> None:
