@@ -234,7 +234,10 @@ class Middleware:
         """Called in the worker parent when partitions were released (revoked, or lost)."""
 
     def worker_starting(self, worker: Any) -> None:
-        """Called in the worker parent before its children start and it joins the group."""
+        """Called in the worker parent before its children start and it joins the group.
+
+        Raising here stops the worker from starting (the built-in ledger check does).
+        """
 
     def worker_started(self, worker: Any) -> None:
         """Called in the worker parent once it has joined the group."""

@@ -97,6 +97,30 @@ class LedgerGate:
 
 
 class Idempotency(Middleware):
-    """Owns ``max_starts`` and ``ledger_transaction``; the child's :class:`LedgerGate` applies them."""
+    """Owns ``max_starts`` and ``ledger_transaction``; the child's :class:`LedgerGate` applies them.
+
+    In the worker parent it checks the ledger file before the children start
+    and prunes old entries in the background while the worker runs.
+    """
 
     task_options: ClassVar[Mapping[str, Any]] = {"max_starts": None, "ledger_transaction": False}
+
+    def __init__(self) -> None:
+        self._pruner: Any = None
+
+    def worker_starting(self, worker: Any) -> None:
+        if not worker.settings.ledger_enabled:
+            return
+        from ..ledger import Ledger, Pruner, check_ledger
+
+        # The worker's own settings (CLI flags) decide where. Checked here, once: a corrupt
+        # or read-only file would otherwise fail every child, replaced again and again.
+        path = worker.settings.ledger_path or Ledger.default_path(worker.group_id)
+        check_ledger(path)
+        self._pruner = Pruner(path, worker.settings.ledger_retention_s)  # old entries go in the background
+        self._pruner.start()
+
+    def worker_stopped(self, worker: Any) -> None:
+        if self._pruner is not None:
+            self._pruner.stop(timeout=10.0)
+            self._pruner = None

@@ -149,11 +149,16 @@ class Child:
         result: Any = None
         error: BaseException | None = None
         try:
-            with self.gate.transaction(task) as conn:
-                ctx.ledger = conn
+            if task.options.ledger_transaction:
+                with self.gate.transaction(task) as conn:
+                    ctx.ledger = conn
+                    result = self._call_acknowledged(task, ctx, soft_limit_s)
+                    faults.point("after_task", self.parent_pid)
+                    self.gate.succeeded(msg, task, result, time.perf_counter() - t0, conn)
+            else:
                 result = self._call_acknowledged(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
-                self.gate.succeeded(msg, task, result, time.perf_counter() - t0, conn)
+                self.gate.succeeded(msg, task, result, time.perf_counter() - t0)
         except Exception as exc:
             error = exc
         return self._report(seq, ctx, result, error, time.perf_counter() - t0, log_extra)
@@ -224,6 +229,8 @@ class Child:
     @staticmethod
     def _call(task: Any, ctx: TaskContext, soft_limit_s: float | None) -> Any:
         """Run the task under its soft time limit; the timer is off before anything is recorded."""
+        if not soft_limit_s:
+            return task.run(ctx)     # no timer to arm: no context manager on the per-task path
         with timelimits.soft_limit(soft_limit_s):
             return task.run(ctx)
 

@@ -95,7 +95,8 @@ class RecordIntake:
             if job is None or job.message is None:
                 continue
             due = job.message.due
-            if asks and not (due is not None and due > now):
+            # Only the middleware that decide about this task are asked (none: no Intake is built).
+            if asks and not (due is not None and due > now) and middleware.deciders(job.task):
                 decision = self._decide(job)
                 if isinstance(decision, Defer):
                     if decision.until > now and self._defer(job, decision.until, now):

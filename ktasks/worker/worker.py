@@ -164,21 +164,10 @@ class Worker:
         if not wait_for_cluster(self.settings, self.app.client_id, lambda: self._stop):
             return EXIT_OK  # stopped while waiting: nothing was consumed
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
-        self.app.middleware.before("worker_starting", self)
-        ledger_path = None
-        if self.settings.ledger_enabled:
-            from ..ledger import Ledger, Pruner, check_ledger
-
-            # The worker's own settings (CLI flags) decide where. Checked here, once: a corrupt
-            # or read-only file would otherwise fail every child, replaced again and again.
-            ledger_path = self.settings.ledger_path or Ledger.default_path(self.group_id)
-            check_ledger(ledger_path)
+        # Raising here (a ledger file that cannot be used) stops the worker before any child starts.
+        self.app.middleware.before("worker_starting", self, strict=True)
         self.pool.start()
         self.stats.started_at = time.monotonic()
-        pruner = None
-        if ledger_path is not None:
-            pruner = Pruner(ledger_path, self.settings.ledger_retention_s)  # old entries go in the background
-            pruner.start()
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
         self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
                                                               self._on_lost))
@@ -198,9 +187,6 @@ class Worker:
             logger.exception("worker failed; killing children")
             self.pool.terminate()
             raise
-        finally:
-            if pruner is not None:
-                pruner.stop(timeout=10.0)
         self.app.middleware.after("worker_stopped", self)
         return code
 
