@@ -156,6 +156,17 @@ class ChaosResult:
         return "\n".join(lines)
 
 
+def worker_env(settings: dict[str, Any], plain_db: Path) -> dict[str, str]:
+    """The environment of the workers: the app's settings as ``KTASKS_*`` variables."""
+    env = dict(os.environ)
+    env.pop("KTASKS_FAULTS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env["CHAOS_EFFECTS_DB"] = str(plain_db)
+    for key, value in settings.items():
+        env["KTASKS_" + key.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+    return env
+
+
 def _wait(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.1) -> T | None:
     """Poll ``predicate`` until truthy (returned) or ``timeout_s`` passed (None)."""
     deadline = time.monotonic() + timeout_s
@@ -181,15 +192,20 @@ class Fleet:
         self._rebalances = -1
         self._rebalance_seen = time.monotonic()
 
+    def _place(self, slot: int) -> tuple[Path, dict[str, str]]:
+        """Working directory and environment of the worker in ``slot`` (all alike: one host)."""
+        return ROOT, self.env
+
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
         self.started += 1
         log = self.workdir / f"worker-{slot}-{self.started}.log"
         self.logs.append(log)
+        cwd, env = self._place(slot)
         with open(log, "wb") as f:
             return subprocess.Popen(
                 [str(BIN / "ktasks"), "worker", "-A", "benchmarks.peerapps.chaos_app:app",
                  "-c", str(self.config.concurrency), "--loglevel", self.config.loglevel],
-                cwd=ROOT, env=self.env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def start(self) -> None:
         self.procs = [self._spawn(i) for i in range(self.config.workers)]
@@ -402,12 +418,7 @@ def run(config: ChaosConfig, workdir: Path, bootstrap: str | None = None,
             "retry_backoff_ms": 200, "retry_tiers_ms": [200, 1000, 5000],
             "prefetch_per_partition": config.prefetch_per_partition,
         }
-        env = dict(os.environ)
-        env.pop("KTASKS_FAULTS", None)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-        env["CHAOS_EFFECTS_DB"] = str(plain_db)
-        for key, value in settings.items():
-            env["KTASKS_" + key.upper()] = json.dumps(value) if isinstance(value, list) else str(value)
+        env = worker_env(settings, plain_db)
         fleet = Fleet(workdir, env, config)
         try:
             if config.warm_start:
@@ -566,7 +577,7 @@ def _notes(result: ChaosResult) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="tasks (default 10000)")
+    parser.add_argument("--n", type=int, default=None, help="tasks (default 10000; 4000 with --brokers 3)")
     parser.add_argument("--workers", type=int, default=3, help="workers, -c 2 each (default 3)")
     parser.add_argument("--kills", type=int, default=6, help="worker and child kills, alternating (default 6)")
     parser.add_argument("--no-broker-restart", action="store_true", help="skip the broker restart")
@@ -576,11 +587,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=480.0, help="longest run, s (default 480)")
     parser.add_argument("--bootstrap", help="use this broker (only with --no-broker-restart)")
     parser.add_argument("--workdir", type=Path, help="keep logs and databases here (default: a temp dir)")
+    parser.add_argument("--brokers", type=int, choices=(1, 3), default=1,
+                        help="3: a 3-node cluster of its own, killing a partition leader, the group coordinator "
+                             "and the active controller while tasks are enqueued (benchmarks.chaos_cluster)")
+    parser.add_argument("--hosts", type=int, default=0,
+                        help="with --brokers 3: this many workers, each with its own ledger file and working "
+                             "directory (separate hosts)")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     parser.add_argument("--write", type=Path, metavar="FILE", help="write the figures into this markdown file")
     args = parser.parse_args(argv)
+    if args.hosts and args.brokers != 3:
+        parser.error("--hosts goes with --brokers 3")
+    if args.brokers == 3:
+        return _main_cluster(args, argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    config = ChaosConfig(n=args.n, workers=args.workers, kills=args.kills, broker_restart=not args.no_broker_restart,
+    config = ChaosConfig(n=args.n or 10_000, workers=args.workers, kills=args.kills, broker_restart=not args.no_broker_restart,
                          seed=seed, deadline_s=args.deadline, warm_start=not args.cold_start)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -597,6 +618,27 @@ def main(argv: list[str] | None = None) -> int:
         if "--seed" not in command:
             command += f" (seed {seed})"
         write_section(args.write, render(result, command), SECTION)
+        print(f"wrote {args.write}")
+    return 0 if not result.problems() else 1
+
+
+def _main_cluster(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from benchmarks import chaos_cluster
+
+    config = chaos_cluster.ClusterChaosConfig(n=args.n or 4000, hosts=args.hosts,
+                                              deadline_s=args.deadline)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-cluster-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"chaos run on 3 brokers, workdir {workdir}", flush=True)
+    result = chaos_cluster.run(config, workdir, log=lambda s: print(s, flush=True))
+    print()
+    print(result.summary())
+    if args.write:
+        from benchmarks.report import write_section
+
+        command = "python -m benchmarks.chaos " + " ".join(sys.argv[1:] if argv is None else argv)
+        section = chaos_cluster.SECTION + (f" ({config.hosts} hosts)" if config.hosts else "")
+        write_section(args.write, chaos_cluster.render(result, command), section)
         print(f"wrote {args.write}")
     return 0 if not result.problems() else 1
 

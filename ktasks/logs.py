@@ -28,6 +28,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -90,12 +91,29 @@ class TaskFieldsFilter(logging.Filter):
 REPEAT_WINDOW_S = 30.0
 
 
+#: Numbers, hex addresses and quoted or bracketed values in a line kafka-python formatted itself.
+_VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+(?:\.\d+)?|<[^<>]*>|'[^']*'")
+
+
+def _template(record: logging.LogRecord) -> str:
+    """The kind of line ``record`` is: its format string, or, for a line formatted before the
+    call (no arguments), its text with the varying parts blanked out.
+
+    kafka-python formats some warnings itself (the selector's "Task <... at 0x7f..> ran for
+    0.186s (>0.100s threshold)", dozens a minute on a busy host): every one would otherwise
+    be a new kind and pass.
+    """
+    msg = str(record.msg)
+    return msg if record.args else _VARYING.sub("#", msg)
+
+
 class RepeatFilter(logging.Filter):
     """Lets one line of a kind through per ``window_s``, then the next one with a count of those held back.
 
     Applies to loggers under ``prefixes`` (kafka-python's by default); a
     line's kind is its logger, level and message template (the format string
-    before its arguments). The line after a window carries
+    before its arguments; for a line formatted before the call, its text with
+    numbers, addresses and quoted values blanked). The line after a window carries
     ``repeats_suppressed``: the text format appends ``(N similar lines
     suppressed)``, the JSON format emits it as a key.
     """
@@ -113,7 +131,7 @@ class RepeatFilter(logging.Filter):
         name = record.name
         if not any(name == p or name.startswith(p + ".") for p in self.prefixes):
             return True
-        kind = (name, record.levelno, str(record.msg))
+        kind = (name, record.levelno, _template(record))
         now = self._clock()
         with self._lock:
             state = self._seen.get(kind)

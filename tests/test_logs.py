@@ -173,3 +173,31 @@ def test_the_handler_configure_logging_installs_rate_limits_kafka_python(capsys:
         for h in list(root.handlers):
             if getattr(h, "_ktasks", False):
                 root.removeHandler(h)
+
+
+def test_lines_kafka_python_formats_itself_are_rate_limited_by_their_shape(capture: Any) -> None:
+    # kafka-python's selector formats its slow-task warning before the call: each line's text
+    # differs (object address, duration), so before, every one of them passed (30 per worker
+    # log in a 3-node coordinator kill).
+    _, stream, handler = capture
+    now = [1000.0]
+    handler.addFilter(RepeatFilter(window_s=30.0, clock=lambda: now[0]))
+    handler.setFormatter(TextFormatter("worker"))
+    selector = logging.getLogger("kafka.net.selector")
+    selector.addHandler(handler)
+    selector.propagate = False
+    try:
+        for i in range(50):
+            selector.warning(f"Task <kafka.net.selector.Task object at 0x7f38{i:04x}> ran for 0.{100 + i:03d}s "
+                             "(>0.100s threshold). It is blocking the event loop")
+            selector.warning(f"Unrelated warning about node {i}")
+            now[0] += 0.5
+        lines = stream.getvalue().splitlines()
+        assert sum("ran for" in line for line in lines) == 1
+        assert sum("Unrelated warning" in line for line in lines) == 1
+        now[0] += 30.0
+        selector.warning("Task <kafka.net.selector.Task object at 0x7f3800ff> ran for 0.5s (>0.100s threshold). "
+                         "It is blocking the event loop")
+        assert stream.getvalue().splitlines()[-1].endswith("(49 similar lines suppressed)")
+    finally:
+        selector.removeHandler(handler)

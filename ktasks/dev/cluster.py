@@ -42,7 +42,7 @@ from .broker import (
 )
 from .jars import KAFKA_VERSION, file_lock
 
-__all__ = ["CLUSTER_FILE", "DevCluster", "NodeStatus", "group_offsets_partition", "is_cluster_dir"]
+__all__ = ["CLUSTER_FILE", "DevCluster", "NodeStatus", "free_port_run", "group_offsets_partition", "is_cluster_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,17 @@ class NodeStatus:
     def as_dict(self) -> dict[str, Any]:
         return {"node": self.node_id, "port": self.port, "controller_port": self.controller_port,
                 "pid": self.pid, "running": self.pid is not None, "role": self.role}
+
+
+def free_port_run(count: int, host: str = DEFAULT_HOST) -> int:
+    """The first of ``count`` consecutive ports that are all free right now."""
+    from . import free_port
+
+    for _ in range(100):
+        first = free_port(host)
+        if first + count < 65536 and all(_port_is_free(host, first + i) for i in range(count)):
+            return first
+    raise DevBrokerError(f"no run of {count} free ports found")
 
 
 def group_offsets_partition(group: str, partitions: int) -> int:
