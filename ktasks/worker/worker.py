@@ -31,7 +31,7 @@ from ..errors import DecodeError, KtasksError, TimeLimitExceeded, WorkerError, W
 from ..headers import H_LAST_ERROR, delay_headers, retry_headers, trusted_marks
 from ..logs import task_extra
 from ..message import Message, decode, encode
-from ..middleware import Defer, Intake, Reject, Skip, TaskEvent
+from ..middleware import Defer, Dispatched, Intake, Reject, Skip, TaskEvent
 from ..readiness import wait_for_cluster
 from . import offsetmap
 from .child import DEAD, OK, POISON, RETRY, SKIP
@@ -184,6 +184,7 @@ class Worker:
         self._published_end: dict[TopicPartition, int] = {}
         self._next_topic_check = 0.0
         self._exit_code: int | None = None      # set when the worker stops itself on an error
+        self._dropped_uncommitted = 0           # finished, uncommitted records of partitions given up while stopping
         self._pid = os.getpid()
         faults.configure(self.settings.faults)
 
@@ -209,6 +210,10 @@ class Worker:
             # or read-only file would otherwise fail every child, replaced again and again.
             ledger_path = self.settings.ledger_path or Ledger.default_path(self.group_id)
             check_ledger(ledger_path)
+            if self.settings.ledger_changelog:
+                from ..ledger_changelog import LedgerChangelog
+
+                LedgerChangelog.install(self, str(ledger_path))   # idempotency follows a partition
         self.pool.start()
         self.stats = Stats()
         pruner = None
@@ -485,6 +490,10 @@ class Worker:
                         j.task.options.soft_time_limit_s, j.replay] for j in jobs]
             self.pool.dispatch(child, jobs, payload)
             self._in_flight += len(jobs)
+            if len(self.app.middleware):
+                self.app.middleware.after("tasks_dispatched", [Dispatched(
+                    j.record.topic, j.record.partition, j.offset, j.task.name,
+                    j.message.ledger_key if j.message is not None else "") for j in jobs])
             if not self.ready:
                 return
 
@@ -572,7 +581,7 @@ class Worker:
         assert job.message is not None
         exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
         retry = job.task.should_retry(exc, job.message.attempt)
-        self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=None if retry else reason)
+        self._report_finished(job, "retried" if retry else "failed", run_time_s, reason=reason)
         if retry:
             delay = job.task.backoff_s(job.message.attempt)
             logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
@@ -814,6 +823,9 @@ class Worker:
                    if tp in self.partitions]
         offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
                    for ps in targets if ps.tracker.needs_commit()}
+        if len(self.app.middleware):
+            # Middleware may hold a record back until it is durable (the ledger changelog).
+            offsets = self.app.middleware.commit_offsets(offsets, force)
         if not offsets:
             return True
         try:
@@ -924,6 +936,8 @@ class Worker:
         # eager revoke-and-assign of the same partition, kafka-python 3.0.12 keeps the position
         # the consumer had fetched up to, so records we had taken but not finished (dropped on
         # revoke, uncommitted) would be skipped until a restart.
+        # Before any record of them is read: state they need is restored (the ledger changelog).
+        self.app.middleware.before("before_partitions_assigned", list(tps))
         positions = {tp: self._committed(tp) for tp in tps}
         with self._lock:
             for tp in tps:
@@ -1050,7 +1064,9 @@ class Worker:
     def _drop(self, tps: list[TopicPartition]) -> None:
         gone = set(tps)
         for tp in tps:
-            self.partitions.pop(tp, None)
+            ps = self.partitions.pop(tp, None)
+            if ps is not None and self._stop:
+                self._dropped_uncommitted += len(ps.finished)   # told in the exit status
         self.ready = deque(j for j in self.ready if j.ps.tp not in gone)
         self.publishing = [p for p in self.publishing if p.job.ps.tp not in gone]
 
@@ -1090,14 +1106,11 @@ class Worker:
                 logger.warning("%d retry/dead-letter copies were not acknowledged in time: their records stay "
                                "uncommitted and will be delivered again", unsent)
                 code = EXIT_COLD
-            for attempt in range(3):
-                if attempt:
-                    time.sleep(0.2)
-                if self._maybe_commit(force=True, timeout_ms=SHUTDOWN_COMMIT_TIMEOUT_MS):
-                    break
+        self._final_commit()
+        with self._lock:
             committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
                          for tp, ps in sorted(self.partitions.items()) if ps.tracker.committed is not None}
-            uncommitted = sum(len(ps.finished) for ps in self.partitions.values())
+            uncommitted = sum(len(ps.finished) for ps in self.partitions.values()) + self._dropped_uncommitted
             self.partitions.clear()
         if uncommitted:
             code = EXIT_UNCOMMITTED
@@ -1112,6 +1125,33 @@ class Worker:
             logger.warning("records sent by this process were still unacknowledged after 10s")
         self._log_summary(committed, uncommitted, unsent)
         return code
+
+    def _final_commit(self) -> None:
+        """Commit what finished before stopping; when a rebalance rejects it, take part in the rebalance.
+
+        Polling lets the rebalance finish: partitions it takes away are committed by the revoke
+        callback, the others by the next attempt. Gives up after ``shutdown_commit_timeout_ms``
+        (the coordinator gone, say); what is left is counted in the exit status.
+        """
+        timeout_s = self.settings.shutdown_commit_timeout_ms / 1000.0
+        deadline = time.monotonic() + timeout_s
+        told = False
+        while True:
+            with self._lock:
+                if self._maybe_commit(force=True, timeout_ms=SHUTDOWN_COMMIT_TIMEOUT_MS):
+                    return
+                left = sum(len(ps.finished) for ps in self.partitions.values())
+            if not left or time.monotonic() >= deadline:
+                return
+            if not told:
+                told = True
+                logger.warning("final commit of %d finished record(s) failed: taking part in the rebalance and "
+                               "trying again for up to %.0fs (shutdown_commit_timeout_ms)", left, timeout_s)
+            try:
+                self.consumer.poll(timeout_ms=200)    # records it returns are not taken: never committed
+            except KafkaError as exc:
+                logger.warning("poll while stopping failed (%s: %s)", type(exc).__name__, exc)
+                time.sleep(0.2)
 
     def _log_summary(self, committed: dict[str, Any], uncommitted: int = 0, unsent: int = 0) -> None:
         s = self.stats
