@@ -192,12 +192,15 @@ class LedgerChangelog(Middleware):
             # Only records whose changelog record is acknowledged count as finished: commit
             # up to the first that is not, with what finished above it in the offset map.
             above = set(offsetmap.decode(om.metadata, om.offset)) | set(range(first + 1, om.offset))
-            above -= set(self._unacked[tp])
+            above -= set(self._unacked.get(tp, ()))
             out[tp] = OffsetAndMetadata(first, offsetmap.encode(first, above), -1)
         return out
 
     def _first_unacked(self, tp: TopicPartition) -> int | None:
-        sends = self._unacked[tp]
+        # The revoke callback's thread may drop a partition meanwhile (partitions_revoked).
+        sends = self._unacked.get(tp)
+        if sends is None:
+            return None
         first: int | None = None
         for offset, send in list(sends.items()):
             f = send.future
@@ -212,7 +215,7 @@ class LedgerChangelog(Middleware):
             if first is None or offset < first:
                 first = offset
         if not sends:
-            del self._unacked[tp]
+            self._unacked.pop(tp, None)
         return first
 
     def _resend_failed(self) -> None:
