@@ -31,6 +31,7 @@ import io
 import os
 import platform
 import pstats
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -52,7 +53,7 @@ from benchmarks.report import write_section
 
 SECTION = "Worker throughput"
 CONCURRENCY = 2
-STALL_S = 60.0
+STALL_S = 180.0   # a loaded machine can take a minute to start a worker
 #: Ends the generated part of the section; what follows it up to the next section is kept.
 KEEP_MARKER = "<!-- benchmarks/throughput.py: text below this line is kept when the figures are rewritten -->"
 
@@ -74,6 +75,7 @@ class Run:
     rate: float             # records/s, first task start to all committed
     seconds: float          # that span
     wall: float | None = None   # the whole worker process, start-up included (ktasks only)
+    cpu: float | None = None    # CPU seconds of the worker and its children, start-up included (ktasks only)
 
 
 @dataclass
@@ -82,6 +84,9 @@ class Results:
     bare: list[Run] = field(default_factory=list)
     info: Run | None = None
     no_ledger: Run | None = None
+    # Same-run pairs with the ledger changelog on (the default) and off: what it costs.
+    changelog_on: list[Run] = field(default_factory=list)
+    changelog_off: list[Run] = field(default_factory=list)
 
     @property
     def best_ktasks(self) -> float:
@@ -147,8 +152,14 @@ class Bench:
         cmd += ["--ledger", str(ledger)] if ledger_on else ["--no-ledger"]
         cmd += list(extra_args)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(self.dir), os.environ.get("PYTHONPATH", "")]))
+        # A changelog of its own per run: every run drains the same records (same task ids),
+        # which a shared changelog would tell the next run's fresh ledger were done.
+        env["KTASKS_LEDGER_CHANGELOG_SUFFIX"] = f".ledger-{group}"
         env.update(extra_env or {})
         began = time.time()
+        # CPU of the worker and its children (waited for by it, then by us): unlike the rate,
+        # it hardly depends on what else the machine runs meanwhile.
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         first_seen: float | None = None
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, cwd=self.dir, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -174,6 +185,8 @@ class Bench:
                     time.sleep(0.02)
             code = proc.wait(timeout=120)
         wall = time.time() - began
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         if code != 0:
             raise SystemExit(f"worker exited with {code}; see {log}")
         if ledger_on:
@@ -187,8 +200,10 @@ class Bench:
             assert first_seen is not None
             first = first_seen
         seconds = done_at - first
-        return Run(f"ktasks worker -c {CONCURRENCY} --burst, ledger {'on' if ledger_on else 'off'}, "
-                   f"--loglevel {loglevel}{label}", self.n / seconds, seconds, wall)
+        changelog = (extra_env or {}).get("KTASKS_LEDGER_CHANGELOG", "true") == "true"
+        what = "off" if not ledger_on else "on, changelog on" if changelog else "on, changelog off"
+        return Run(f"ktasks worker -c {CONCURRENCY} --burst, ledger {what}, "
+                   f"--loglevel {loglevel}{label}", self.n / seconds, seconds, wall, cpu)
 
     # -- bare -------------------------------------------------------------------
     def bare(self) -> Run:
@@ -270,6 +285,17 @@ def render(results: Results, n: int, partitions: int, command: str, where: str, 
         info += (f"\nAt `--loglevel INFO` (a start and a finish line per task, from the children) the worker "
                  f"does {results.info.rate:,.0f} records/s, {results.info.rate / results.best_ktasks:.2f} of "
                  f"its best WARNING rate.\n")
+    if results.changelog_on and results.changelog_off:
+        on, off = max(r.rate for r in results.changelog_on), max(r.rate for r in results.changelog_off)
+        pairs = ", ".join(f"{a.rate:,.0f} on / {b.rate:,.0f} off"
+                          for a, b in zip(results.changelog_on, results.changelog_off, strict=False))
+        cpu_on = min(r.cpu or 0.0 for r in results.changelog_on)
+        cpu_off = min(r.cpu or 0.0 for r in results.changelog_off)
+        info += (f"\nThe ledger changelog's cost, {len(results.changelog_on)} same-run pairs alternating "
+                 f"(`KTASKS_LEDGER_CHANGELOG=false` for off): {pairs} records/s; best on / best off = "
+                 f"**{on / off:.2f}**. Worker CPU (parent and children, start-up included), least of each: "
+                 f"{cpu_on:.2f} s on, {cpu_off:.2f} s off: **{cpu_off / cpu_on:.2f}x** the rate a CPU-bound "
+                 f"drain would keep.\n")
     if results.no_ledger is not None:
         info += (f"\nWith `--no-ledger` it does {results.no_ledger.rate:,.0f} records/s "
                  f"({results.no_ledger.rate / results.best_ktasks:.2f}x its best rate with the ledger). "
@@ -304,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-info", action="store_true", help="skip the run at --loglevel INFO")
     parser.add_argument("--no-ledger-run", action="store_true",
                         help="also run once with --no-ledger, to show what the ledger costs")
+    parser.add_argument("--changelog-rounds", type=int, default=0,
+                        help="also this many pairs of runs with the ledger changelog on and off")
+    parser.add_argument("--no-bare", action="store_true", help="skip the main rounds (with --changelog-rounds)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: drain once with the worker parent in-process under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile entries to print")
@@ -320,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = True
             return 0
         results = Results()
-        for r in range(args.rounds):
+        for r in range(0 if args.no_bare else args.rounds):
             order = ["ktasks", "bare"] if r % 2 == 0 else ["bare", "ktasks"]
             for which in order:
                 run = bench.ktasks() if which == "ktasks" else bench.bare()
@@ -328,6 +357,15 @@ def main(argv: list[str] | None = None) -> int:
                 wall = f" (worker wall time {run.wall:.1f}s)" if run.wall is not None else ""
                 print(f"round {r + 1}: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s{wall}",
                       flush=True)
+        for r in range(args.changelog_rounds):
+            order = [True, False] if r % 2 == 0 else [False, True]
+            for on in order:
+                run = bench.ktasks(extra_env={"KTASKS_LEDGER_CHANGELOG": "true" if on else "false"})
+                (results.changelog_on if on else results.changelog_off).append(run)
+                print(f"changelog pair {r + 1}: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s, "
+                      f"worker CPU {run.cpu:.2f}s", flush=True)
+        if args.no_bare:
+            return 0
         if not args.no_info:
             results.info = bench.ktasks("INFO")
             print(f"{results.info.label}: {results.info.rate:,.0f} records/s in {results.info.seconds:.2f}s",

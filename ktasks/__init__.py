@@ -44,13 +44,13 @@ from .errors import (
     WorkerLost,
 )
 from .message import Message
-from .middleware import Defer, Intake, Middleware, Reject, Skip
+from .middleware import Defer, Dispatched, Intake, Middleware, Reject, Skip
 from .settings import SETTINGS, Settings
 from .task import EagerResult, SendHandle, SentRecord, Task, TaskContext
 
 __all__ = [
     "App", "Task", "TaskContext", "SendHandle", "SentRecord", "EagerResult", "Message", "Middleware",
-    "Intake", "Skip", "Defer", "Reject",
+    "Intake", "Skip", "Defer", "Reject", "Dispatched",
     "Settings", "SETTINGS",
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",

@@ -246,6 +246,10 @@ class App:
         )
         self.middleware.before("before_enqueue", message, topic, strict=True)
         value = encode(message)
+        if key is None and idempotency_key is not None:
+            # The same idempotency key lands on the same partition, whose ledger changelog
+            # then tells any host that it already ran (docs/ledger.md#the-changelog).
+            key = idempotency_key
         kbytes = key.encode() if isinstance(key, str) else key
         if kbytes is not None and not isinstance(kbytes, bytes):
             raise EncodeError(f"task {name!r}: key must be str or bytes, got {type(key).__name__}")

@@ -176,6 +176,9 @@ _add("max_batch", int, 64, "Most records handed to one child at once when there 
 _add("revoke_timeout_ms", int, 20000, "On revoke, longest wait for in-flight tasks of that partition "
      "before committing what finished and releasing it.", G)
 _add("shutdown_timeout_ms", int, 60000, "Warm shutdown waits this long for in-flight tasks.", G)
+_add("shutdown_commit_timeout_ms", int, 30000, "Warm shutdown: longest it keeps trying its final commits "
+     "(waiting out a rebalance and committing through the revoke) before it exits 4 with the count of finished "
+     "records left uncommitted.", G)
 _add("async_concurrency", int, 50, "Coroutines in flight per child when the app has `async def` tasks "
      "(each child then runs an event loop); see docs/concepts.md#async-tasks.", G)
 _add("max_tasks_per_child", int, 0, "Replace a child after this many tasks; 0 means never.", G)
@@ -189,6 +192,14 @@ _add("ledger_enabled", bool, True, "Record every execution so a redelivered task
 _add("ledger_path", str, None, "SQLite file of the ledger; defaults to "
      "`~/.local/state/ktasks/<group>.ledger.sqlite3`.", G, nullable=True)
 _add("ledger_retention_s", int, 7 * 24 * 3600, "Ledger entries older than this are pruned.", G)
+_add("ledger_changelog", bool, True, "Also write every ledger transition a redelivery must see (success, "
+     "failure, poison, start count) to a compacted changelog topic co-partitioned with the task topic, and "
+     "restore a partition's entries into the local ledger before running its records, so idempotency "
+     "follows a partition to another host; see docs/ledger.md#the-changelog.", G)
+_add("ledger_changelog_suffix", str, ".ledger", "Name of a task topic's changelog: the task topic's name "
+     "followed by this.", G)
+_add("ledger_restore_timeout_ms", int, 30000, "Longest a worker reads a newly assigned partition's changelog "
+     "before it runs that partition's records anyway (logged as an error).", G)
 _add("max_starts", int, 3, "A task started this many times without finishing goes to the dead-letter topic.",
      G)
 

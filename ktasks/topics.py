@@ -213,26 +213,30 @@ class TopicManager:
                 "(adding partitions would move keys and break per-key order)", topic, have, wanted)
         return report
 
-    def check(self, topics: Iterable[str], partitions: dict[str, int] | None = None) -> list[TopicCheck]:
+    def check(self, topics: Iterable[str], partitions: dict[str, int] | None = None,
+              configs: dict[str, dict[str, str]] | None = None) -> list[TopicCheck]:
         """Compare existing topics with the settings: partitions, replication factor and topic configs.
 
         Args:
             topics: names to check.
             partitions: wanted partition count per topic (default: the ``partitions`` setting).
+            configs: topic configs wanted per topic besides the settings' (a changelog's
+                ``cleanup.policy``).
 
         Raises:
             TopicError: the broker could not be asked.
         """
         names = list(dict.fromkeys(topics))
-        wanted_configs = self._settings.topic_config()
+        base = self._settings.topic_config()
+        wanted_of = {n: {**base, **(configs or {}).get(n, {})} for n in names}
         try:
             described = {e.get("topic", e.get("name")): e for e in self.admin().describe_topics(names)}
             existing = [n for n in names if _partition_list(described.get(n))]
-            configs: dict[str, Any] = {}
-            if existing and wanted_configs:
-                resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict.fromkeys(wanted_configs))
-                             for n in existing]
-                configs = self.admin().describe_configs(resources, config_filter="all").get("topic", {})
+            found: dict[str, Any] = {}
+            if any(wanted_of[n] for n in existing):
+                resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict.fromkeys(wanted_of[n]))
+                             for n in existing if wanted_of[n]]
+                found = self.admin().describe_configs(resources, config_filter="all").get("topic", {})
         except KafkaError as exc:
             raise TopicError(f"describing topics {names}: {exc}") from exc
         checks = []
@@ -242,9 +246,9 @@ class TopicManager:
             if not parts:
                 checks.append(TopicCheck(name, exists=False, wanted_partitions=wanted))
                 continue
-            have = configs.get(name, {})
+            have = found.get(name, {})
             diffs = []
-            for key, want in wanted_configs.items():
+            for key, want in wanted_of[name].items():
                 value = have.get(key, {}).get("value") if isinstance(have.get(key), dict) else None
                 if value != want:
                     diffs.append((key, value, want))

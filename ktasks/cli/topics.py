@@ -1,23 +1,25 @@
 """``ktasks topics create|list|check``: the app's topics, ahead of time.
 
 ``create`` makes every topic the app uses: each task topic, its retry topics
-(one per delay tier) and its dead-letter topic, with the configured partitions
-and replication factor. A topic that already exists is reported and never
+(one per delay tier), its dead-letter topic and, with ``ledger_changelog`` on,
+its ledger changelog (compacted), with the configured partitions and
+replication factor. A topic that already exists is reported and never
 changed; one with fewer partitions than configured gets a WARNING line, since
 adding partitions would move keys to other partitions and break per-key order.
 ``check`` compares every topic with the settings (partitions, replication
-factor, ``topic_configs`` and ``min_insync_replicas``) and exits 1 on a
-difference.
+factor, ``topic_configs`` and ``min_insync_replicas``, and a changelog's
+``cleanup.policy`` and ``retention.ms``) and exits 1 on a difference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
 from ..app import App
 from ..errors import KtasksError
+from ..ledger_changelog import changelog_configs, changelog_topic
 from ..topics import TopicReport
 from ._app import app_option, loaded_app
 
@@ -31,10 +33,12 @@ class PlannedTopic:
     name: str
     role: str
     partitions: int
+    #: Topic configs it needs besides the settings' (a ledger changelog is compacted).
+    configs: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
 def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic]:
-    """Every topic of the app: task topics, then their retry tiers and dead-letter topic.
+    """Every topic of the app: task topics, then their retry tiers, dead-letter topic and ledger changelog.
 
     The partition count is ``partitions`` when given, else the ``partitions``
     option of the tasks sent to that topic, else the app's ``partitions`` setting.
@@ -50,6 +54,9 @@ def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic
         for retry in app.retry_topics(topic):
             plan.append(PlannedTopic(retry, "retries", wanted))
         plan.append(PlannedTopic(app.dead_letter_topic(topic), "dead letters", wanted))
+        if app.settings.ledger_enabled and app.settings.ledger_changelog:
+            plan.append(PlannedTopic(changelog_topic(app.settings, topic), "ledger changelog", wanted,
+                                     changelog_configs(app.settings)))
     return plan
 
 
@@ -65,16 +72,17 @@ def topics() -> None:
 @click.option("--replication-factor", type=click.IntRange(min=1), default=None,
               help="Replication factor of topics to create. [default: the app's `replication_factor`]")
 def create(app_spec: str, partitions: int | None, replication_factor: int | None) -> None:
-    """Create the app's task, retry and dead-letter topics; report those that exist."""
+    """Create the app's task, retry, dead-letter and ledger changelog topics; report those that exist."""
     with loaded_app(app_spec) as app:
         plan = planned_topics(app, partitions)
         rf = replication_factor or app.settings.replication_factor
-        by_count: dict[int, list[str]] = {}
+        # One create request per partition count and config set (changelogs are compacted).
+        batches: dict[tuple[int, tuple[tuple[str, str], ...]], list[str]] = {}
         for item in plan:
-            by_count.setdefault(item.partitions, []).append(item.name)
+            batches.setdefault((item.partitions, tuple(sorted(item.configs.items()))), []).append(item.name)
         reports: dict[str, TopicReport] = {}
-        for count, names in by_count.items():
-            for report in app.topics.ensure(names, partitions=count, replication_factor=rf):
+        for (count, configs), names in batches.items():
+            for report in app.topics.ensure(names, partitions=count, replication_factor=rf, configs=dict(configs)):
                 reports[report.name] = report
         short = 0
         for item in plan:
@@ -129,7 +137,8 @@ def check(ctx: click.Context, app_spec: str) -> None:
     """
     with loaded_app(app_spec) as app:
         plan = planned_topics(app)
-        checks = app.topics.check([p.name for p in plan], {p.name: p.partitions for p in plan})
+        checks = app.topics.check([p.name for p in plan], {p.name: p.partitions for p in plan},
+                                  {p.name: p.configs for p in plan if p.configs})
     bad = 0
     width = max(len(c.name) for c in checks)
     for result in checks:

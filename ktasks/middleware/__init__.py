@@ -20,6 +20,7 @@ from .base import (
     OUTCOMES,
     Decision,
     Defer,
+    Dispatched,
     Intake,
     Middleware,
     MiddlewareStack,
@@ -29,7 +30,7 @@ from .base import (
 )
 
 __all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES", "Intake", "Skip", "Defer", "Reject",
-           "Decision", "default_middleware"]
+           "Decision", "Dispatched", "default_middleware"]
 
 
 def default_middleware() -> list[Middleware]:

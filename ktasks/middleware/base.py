@@ -27,19 +27,19 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeAlias
 
 from ..errors import exception_name
 
 if TYPE_CHECKING:
-    from ..kafka import TopicPartition
+    from ..kafka import OffsetAndMetadata, TopicPartition
     from ..message import Message
     from ..task import Task, TaskContext
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES", "Intake", "Skip", "Defer", "Reject",
-           "Decision"]
+           "Decision", "Dispatched"]
 
 #: What can become of a record the worker took, one per record (see :class:`TaskEvent`):
 #: ``succeeded``; ``skipped`` (the ledger had it done); ``retried`` (failed, republished to a retry
@@ -71,6 +71,8 @@ class TaskEvent:
     run_time_s: float | None = None
     queued_s: float | None = None
     reason: str | None = None
+    #: The ledger key of the execution (``idempotency_key``, else the task id); None when undecodable.
+    ledger_key: str | None = None
 
     @classmethod
     def of(cls, message: Message | None, task: str, outcome: str, record: Any, *,
@@ -82,7 +84,17 @@ class TaskEvent:
             # Producer and worker clocks may differ: never a negative wait.
             queued = max(0.0, time.time() - (run_time_s or 0.0) - since)
         return cls(task, message.id if message else None, outcome, record.topic, record.partition,
-                   record.offset, run_time_s, queued, reason)
+                   record.offset, run_time_s, queued, reason, message.ledger_key if message else None)
+
+
+class Dispatched(NamedTuple):
+    """A record the worker parent just handed to a child (see :meth:`Middleware.tasks_dispatched`)."""
+
+    topic: str
+    partition: int
+    offset: int
+    task: str
+    ledger_key: str
 
 
 @dataclass(frozen=True)
@@ -221,11 +233,37 @@ class Middleware:
         Runs on the worker's loop: keep it quick (count, don't do I/O).
         """
 
+    def tasks_dispatched(self, tasks: list[Dispatched]) -> None:
+        """Called in the worker parent when records were handed to a child to run, in order.
+
+        Runs on the worker's loop for every batch: keep it quick (no I/O).
+        """
+
+    def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
+                       ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """Called in the worker parent before each commit: the offsets to commit instead.
+
+        Called every ``commit_interval_ms`` even when ``offsets`` is empty (a
+        place for periodic work). A middleware may lower an offset (a record
+        below it is not durable yet) or leave a partition out; never raise one.
+        ``final`` is true for the commit before partitions are released or the
+        worker stops: a middleware may then block briefly to make records
+        durable. An exception keeps the offsets as they were.
+        """
+        return offsets
+
     def offsets_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Called in the worker parent after a commit of ``{partition: offset}`` succeeded."""
 
     def commit_failed(self, exc: BaseException) -> None:
         """Called in the worker parent when a commit failed (rejected in a rebalance, or an error)."""
+
+    def before_partitions_assigned(self, partitions: list[TopicPartition]) -> None:
+        """Called in the worker parent (on the rebalance thread) when partitions are newly assigned,
+        before any of their records is read or dispatched: the place to restore state they need.
+
+        It may block (the worker does not poll meanwhile; keep it below ``max_poll_interval_ms``).
+        """
 
     def partitions_assigned(self, partitions: list[TopicPartition]) -> None:
         """Called in the worker parent (on the rebalance thread) when partitions are assigned."""
@@ -256,6 +294,12 @@ class MiddlewareStack:
 
     def add(self, middleware: Middleware) -> None:
         self._items.append(middleware)
+        self._hooked.clear()
+        self._deciders.clear()
+
+    def remove(self, middleware: Middleware) -> None:
+        """Take ``middleware`` out of the stack (``ValueError`` if it is not in it)."""
+        self._items.remove(middleware)
         self._hooked.clear()
         self._deciders.clear()
 
@@ -317,6 +361,22 @@ class MiddlewareStack:
             if decision is not None:
                 return decision
         return None
+
+    def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
+                       ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The offsets to commit after every middleware's ``commit_offsets``, in order.
+
+        A middleware that raises is logged and skipped. An offset is never raised above what the
+        worker asked for: only the worker knows what finished.
+        """
+        for item in self.hooked("commit_offsets"):
+            try:
+                changed = item.commit_offsets(dict(offsets), final)
+            except Exception:
+                logger.exception("middleware %s.commit_offsets failed", type(item).__name__)
+                continue
+            offsets = {tp: om for tp, om in changed.items() if tp in offsets and om.offset <= offsets[tp].offset}
+        return offsets
 
     def headers(self, message: Message, topic: str) -> list[tuple[str, bytes]]:
         """Headers the stack adds to an outgoing record (``enqueue_headers``), in order."""

@@ -117,6 +117,10 @@ class Idempotency(Middleware):
         # or read-only file would otherwise fail every child, replaced again and again.
         path = worker.settings.ledger_path or Ledger.default_path(worker.group_id)
         check_ledger(path)
+        if worker.settings.ledger_changelog:
+            from ..ledger_changelog import LedgerChangelog
+
+            LedgerChangelog.install(worker, str(path))   # idempotency follows a partition to any host
         self._pruner = Pruner(path, worker.settings.ledger_retention_s)  # old entries go in the background
         self._pruner.start()
 

@@ -126,6 +126,9 @@ class Committer:
         targets = [states[tp] for tp in (only if only is not None else list(states)) if tp in states]
         offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
                    for ps in targets if ps.tracker.needs_commit()}
+        if self.app.middleware.has("commit_offsets"):
+            # Middleware may hold a record back until it is durable (the ledger changelog).
+            offsets = self.app.middleware.commit_offsets(offsets, force)
         if not offsets:
             return True
         sent_from = {tp: states[tp] for tp in offsets}
@@ -177,6 +180,33 @@ class Committer:
         self._failures = 0
         faults.point("after_commit", self._pid)
         return True
+
+    def final_commit(self, lock: Any, timeout_ms: int) -> None:
+        """Commit what finished before stopping; when a rebalance rejects it, take part in the rebalance.
+
+        Polling lets the rebalance finish: partitions it takes away are committed by the revoke
+        callback, the others by the next attempt. Gives up after ``shutdown_commit_timeout_ms``
+        (the coordinator gone, say); what is left is counted in the exit status.
+        """
+        timeout_s = self.settings.shutdown_commit_timeout_ms / 1000.0
+        deadline = time.monotonic() + timeout_s
+        told = False
+        while True:
+            with lock:
+                if self.maybe_commit(force=True, timeout_ms=timeout_ms):
+                    return
+                left = sum(len(ps.finished) for ps in self.partitions)
+            if not left or time.monotonic() >= deadline:
+                return
+            if not told:
+                told = True
+                logger.warning("final commit of %d finished record(s) failed: taking part in the rebalance and "
+                               "trying again for up to %.0fs (shutdown_commit_timeout_ms)", left, timeout_s)
+            try:
+                self.consumer.poll(timeout_ms=200)    # records it returns are not taken: never committed
+            except KafkaError as exc:
+                logger.warning("poll while stopping failed (%s: %s)", type(exc).__name__, exc)
+                time.sleep(0.2)
 
     def _error(self, exc: BaseException, now: float) -> bool:
         retriable = bool(getattr(exc, "retriable", False))

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import WorkerLost
 from ..kafka import TopicPartition
-from ..middleware import timelimits
+from ..middleware import Dispatched, timelimits
 from .outcomes import Outcomes
 from .partitions import Job, Partitions
 from .pool import ChildProc, Pool
@@ -96,6 +96,11 @@ class Dispatcher:
                 return
             self.pool.dispatch(child, jobs, [job_wire(j) for j in jobs])
             self.in_flight += len(jobs)
+            stack = self.outcomes.app.middleware
+            if stack.has("tasks_dispatched"):
+                stack.after("tasks_dispatched", [Dispatched(
+                    j.record.topic, j.record.partition, j.offset, j.task.name,
+                    j.message.ledger_key if j.message is not None else "") for j in jobs])
             if not self.ready:
                 return
 

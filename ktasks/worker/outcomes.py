@@ -78,7 +78,8 @@ class Outcomes:
         assert job.message is not None and self.outbox is not None
         exc_type = exception_name(exc)
         decision = retries.decide(job.task, exc, job.message.attempt, reason=reason)
-        self.report(job, "retried" if decision.retry else "failed", run_time_s, reason=decision.reason)
+        self.report(job, "retried" if decision.retry else "failed", run_time_s,
+                    reason=reason if decision.retry else decision.reason)
         if decision.retry:
             logger.warning("task %s[%s]: %s; retry %d/%d in %.1fs", job.message.task, job.message.id, exc,
                            job.message.attempt + 1, job.task.max_retries(), decision.delay_s, extra=job.log_extra())

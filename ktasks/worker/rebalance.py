@@ -30,7 +30,8 @@ class Rebalance:
     """The listener's three callbacks (``assigned``, ``revoked``, ``lost``)."""
 
     def __init__(self, app: Any, settings: Any, lock: threading.Lock, partitions: Partitions,
-                 committer: Committer, dispatcher: Dispatcher, outbox: Outbox, cold: Callable[[], bool]) -> None:
+                 committer: Committer, dispatcher: Dispatcher, outbox: Outbox, cold: Callable[[], bool],
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self.settings = settings
         self.lock = lock
@@ -39,12 +40,17 @@ class Rebalance:
         self.dispatcher = dispatcher
         self.outbox = outbox
         self._cold = cold
+        self._stopping = stopping
+        #: Finished, uncommitted records of partitions given up while stopping (told in the exit status).
+        self.dropped_uncommitted = 0
 
     def assigned(self, tps: list[TopicPartition]) -> None:
         # Start every newly assigned partition from its committed offset, explicitly. After an
         # eager revoke-and-assign of the same partition, kafka-python 3.0.12 keeps the position
         # the consumer had fetched up to, so records we had taken but not finished (dropped on
         # revoke, uncommitted) would be skipped until a restart.
+        # Before any record of them is read: state they need is restored (the ledger changelog).
+        self.app.middleware.before("before_partitions_assigned", list(tps))
         positions = {tp: self.committer.committed(tp) for tp in tps}
         with self.lock:
             for tp in tps:
@@ -103,11 +109,16 @@ class Rebalance:
                 ps = self.partitions.get(tp)
                 if ps is not None:
                     logger.info("released %s/%d at offset %s", tp.topic, tp.partition, ps.tracker.committed)
-            self.partitions.drop(mine)
+            self._drop(mine)
         self.app.middleware.after("partitions_revoked", mine)
 
     def lost(self, tps: list[TopicPartition]) -> None:
         with self.lock:
             mine = [tp for tp in tps if tp in self.partitions]
-            self.partitions.drop(mine)
+            self._drop(mine)
         self.app.middleware.after("partitions_revoked", mine)
+
+    def _drop(self, mine: list[TopicPartition]) -> None:
+        if self._stopping():
+            self.dropped_uncommitted += sum(len(ps.finished) for tp in mine if (ps := self.partitions.get(tp)))
+        self.partitions.drop(mine)

@@ -104,7 +104,7 @@ class Worker:
                                    self.dispatcher.queue, retry_topics=self._retry_topics, tier_s=tier_s,
                                    ready_first=self.dispatcher.queue_first)
         self.rebalance = Rebalance(app, self.settings, self._lock, self.table, self.committer, self.dispatcher,
-                                   self.outbox, cold=lambda: self._cold)
+                                   self.outbox, cold=lambda: self._cold, stopping=stopping)
         self._consumer: Any = None
         faults.configure(self.settings.faults)
 
@@ -315,14 +315,11 @@ class Worker:
                 logger.warning("%d retry/dead-letter copies were not acknowledged in time: their records stay "
                                "uncommitted and will be delivered again", unsent)
                 code = EXIT_COLD
-            for attempt in range(3):
-                if attempt:
-                    time.sleep(0.2)
-                if self.committer.maybe_commit(force=True, timeout_ms=SHUTDOWN_COMMIT_TIMEOUT_MS):
-                    break
+        self.committer.final_commit(self._lock, SHUTDOWN_COMMIT_TIMEOUT_MS)
+        with self._lock:
             committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
                          for tp, ps in sorted(self.table.states.items()) if ps.tracker.committed is not None}
-            uncommitted = sum(len(ps.finished) for ps in self.table)
+            uncommitted = sum(len(ps.finished) for ps in self.table) + self.rebalance.dropped_uncommitted
             self.table.clear()
         if uncommitted:
             code = EXIT_UNCOMMITTED

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from ktasks import App
 from ktasks.cli import cli
 from ktasks.cli._app import AppLoadError, load_app
-from tests.helpers import create_topic
+from tests.helpers import create_topic, wait_until
 
 
 def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
@@ -53,7 +53,7 @@ def _invoke(*args: str):
 
 def test_create_makes_task_retry_and_dead_letter_topics(app_module, kafka_admin):
     module, topic = app_module
-    expected = [topic, f"{topic}.retry-1000ms", f"{topic}.retry-30000ms", f"{topic}.DLT"]
+    expected = [topic, f"{topic}.retry-1000ms", f"{topic}.retry-30000ms", f"{topic}.DLT", f"{topic}.ledger"]
     result = _invoke("topics", "create", "-A", module, "--partitions", "2", "--replication-factor", "1")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -69,7 +69,7 @@ def test_create_makes_task_retry_and_dead_letter_topics(app_module, kafka_admin)
     # Without --partitions the app's 3 apply: every topic is reported short, none is changed.
     short = _invoke("topics", "create", "-A", module)
     assert short.exit_code == 0
-    assert [line.split()[:2] for line in short.output.splitlines()[:4]] == [["WARNING", t] for t in expected]
+    assert [line.split()[:2] for line in short.output.splitlines()[:5]] == [["WARNING", t] for t in expected]
     assert _partitions(kafka_admin, expected) == dict.fromkeys(expected, 2)
 
     listed = _invoke("topics", "list", "-A", module)
@@ -201,11 +201,21 @@ def test_check_reports_topics_that_differ_from_the_settings(tmp_path, monkeypatc
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["DIFFERS", topic] and "retention.ms=1000, configured 86400000" in lines[0]
     assert [line.split()[:3] for line in lines[1:]] == [["DIFFERS", f"{topic}.retry-1000ms", "missing"],
-                                                        ["DIFFERS", f"{topic}.DLT", "missing"]]
-    assert "3 of 3 topic(s) differ" in result.stderr
+                                                        ["DIFFERS", f"{topic}.DLT", "missing"],
+                                                        ["DIFFERS", f"{topic}.ledger", "missing"]]
+    assert "4 of 4 topic(s) differ" in result.stderr
 
     kafka_admin.delete_topics([topic])
     assert _invoke("topics", "create", "-A", module).exit_code == 0
     result = CliRunner().invoke(cli, ["topics", "check", "-A", module])
     assert result.exit_code == 0, result.output
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok", "ok", "ok"]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok", "ok", "ok", "ok"]
+
+    # A changelog that is not compacted would lose entries to retention: check says so.
+    kafka_admin.delete_topics([f"{topic}.ledger"])
+    wait_until(lambda: not _partitions(kafka_admin, [f"{topic}.ledger"]), 30, message="changelog deleted")
+    create_topic(kafka_admin, f"{topic}.ledger", partitions=2, configs={"cleanup.policy": "delete"})
+    result = CliRunner().invoke(cli, ["topics", "check", "-A", module])
+    assert result.exit_code == 1
+    [line] = [line for line in result.stdout.splitlines() if f"{topic}.ledger" in line]
+    assert line.startswith("DIFFERS") and "cleanup.policy=delete, configured compact,delete" in line

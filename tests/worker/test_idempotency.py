@@ -181,8 +181,10 @@ def test_a_live_start_is_never_a_crash_however_long_it_runs(project: Any, kafka_
     """, partitions=1)
     w = p.worker("-c", "3")
     w.wait_assigned()
-    for _ in range(3):
-        p.app_module.report.apply_async(args=(1,), idempotency_key="report-1")
+    # Record keys of their own: without one the idempotency key is the record key, and the
+    # copies would wait in line for their key instead of meeting in two children at once.
+    for i in range(3):
+        p.app_module.report.apply_async(args=(1,), idempotency_key="report-1", key=f"copy-{i}")
     p.app.flush()
     wait_until(lambda: p.committed(kafka_admin).get(0) == 3, 150, message="all 3 records committed")
     assert len(p.effects("started")) == 1, "one copy ran"

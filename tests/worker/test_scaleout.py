@@ -15,6 +15,8 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from kafka.errors import KafkaError
+
 from ktasks.worker.offsetmap import decode
 from tests.fixtures.worker import Project, WorkerProc, wait_effects
 from tests.helpers import wait_until
@@ -33,7 +35,12 @@ REJECTED = "commit rejected"
 
 def owners(admin: Any, group: str, topic: str) -> dict[int, list[int]]:
     """pid -> task partitions it owns, from the group's description; empty unless the group is stable."""
-    described = admin.describe_groups([group])[group]
+    try:
+        described = admin.describe_groups([group])[group]
+    except KafkaError as exc:
+        if not exc.retriable:    # a fresh broker's group coordinator still loading: ask again
+            raise
+        return {}
     if described.get("group_state") != "Stable":
         return {}
     found: dict[int, list[int]] = {}
