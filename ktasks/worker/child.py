@@ -121,6 +121,7 @@ class Child:
                 last_sent = now
 
     def _send(self, results: list[list[Any]]) -> None:
+        self.app.middleware.before("child_batch_done", self.app)
         if self.ledger is not None:
             self.ledger.flush()
         faults.point("after_ledger_write", self.parent_pid)
