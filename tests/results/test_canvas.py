@@ -44,37 +44,38 @@ def chord_records(p: Any, chord_id: str) -> list[dict[str, Any]]:
         consumer.close()
 
 
-def test_chain_group_and_chord_complete_with_the_right_values(project: Any) -> None:
+@pytest.fixture
+def running(project: Any) -> Any:
+    """A project with one worker of two children, stopped afterwards."""
     p = project(SOURCE)
-    m = p.app_module
     w = p.worker("-c", "2")
-    try:
-        assert chain(m.add.s(1, 2), m.add.s(10), m.add.s(100)).delay().get(timeout=90) == 113
-        assert [(e["a"], e["b"]) for e in p.effects("add")] == [(1, 2), (3, 10), (13, 100)]
-        assert chain(m.add.s(1, 2), m.add.si(5, 5)).delay().get(timeout=60) == 10
-        assert group(m.add.s(i, i) for i in range(5)).delay().get(timeout=60) == [0, 2, 4, 6, 8]
-        c = chord(group(*[m.add.s(i, 1) for i in range(20)]), m.total.s())
-        assert c.delay().get(timeout=120) == sum(range(1, 21))
-        wait_until(lambda: any(r["kind"] == "done" for r in chord_records(p, c.id)), 30)
-        assert [e["value"] for e in p.effects("callback")] == [210]
-    finally:
-        w.stop()
+    yield p
+    w.stop()
 
 
-def test_a_failing_member_fails_the_chord_and_a_failing_step_the_chain(project: Any) -> None:
-    p = project(SOURCE)
+def test_chain_group_and_chord_complete_with_the_right_values(running: Any) -> None:
+    p = running
     m = p.app_module
-    w = p.worker("-c", "2")
-    try:
-        with pytest.raises(TaskFailed) as caught:
-            chord(group(m.add.s(1, 1), m.fail.s(7), m.add.s(2, 2)), m.total.s()).delay().get(timeout=90)
-        assert caught.value.remote_type == "builtins.KeyError"
-        assert caught.value.task_name.endswith(".fail") and "chord member 1" in str(caught.value)
-        with pytest.raises(TaskFailed, match="chain step"):
-            chain(m.add.s(1, 2), m.fail.s(), m.add.s(1)).delay().get(timeout=90)
-        assert not p.effects("callback"), "the callback of a failed chord never runs"
-    finally:
-        w.stop()
+    assert chain(m.add.s(1, 2), m.add.s(10), m.add.s(100)).delay().get(timeout=90) == 113
+    assert [(e["a"], e["b"]) for e in p.effects("add")] == [(1, 2), (3, 10), (13, 100)]
+    assert chain(m.add.s(1, 2), m.add.si(5, 5)).delay().get(timeout=60) == 10
+    assert group(m.add.s(i, i) for i in range(5)).delay().get(timeout=60) == [0, 2, 4, 6, 8]
+    c = chord(group(*[m.add.s(i, 1) for i in range(20)]), m.total.s())
+    assert c.delay().get(timeout=120) == sum(range(1, 21))
+    wait_until(lambda: any(r["kind"] == "done" for r in chord_records(p, c.id)), 30)
+    assert [e["value"] for e in p.effects("callback")] == [210]
+
+
+def test_a_failing_member_fails_the_chord_and_a_failing_step_the_chain(running: Any) -> None:
+    p = running
+    m = p.app_module
+    with pytest.raises(TaskFailed) as caught:
+        chord(group(m.add.s(1, 1), m.fail.s(7), m.add.s(2, 2)), m.total.s()).delay().get(timeout=90)
+    assert caught.value.remote_type == "builtins.KeyError"
+    assert caught.value.task_name.endswith(".fail") and "chord member 1" in str(caught.value)
+    with pytest.raises(TaskFailed, match="chain step"):
+        chain(m.add.s(1, 2), m.fail.s(), m.add.s(1)).delay().get(timeout=90)
+    assert not p.effects("callback"), "the callback of a failed chord never runs"
 
 
 def _owners(p: Any) -> dict[int, set[int]]:
