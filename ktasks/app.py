@@ -257,7 +257,7 @@ class App:
         if kbytes is not None and not isinstance(kbytes, bytes):
             raise EncodeError(f"task {name!r}: key must be str or bytes, got {type(key).__name__}")
         hdrs = headers_of(message, headers)
-        if len(self.middleware):
+        if self.middleware.implements("enqueue_headers"):
             hdrs.extend(self.middleware.headers(message, topic))
         size = len(value) + 128
         if kbytes:

@@ -234,6 +234,11 @@ class MiddlewareStack:
     def add(self, middleware: Middleware) -> None:
         self._items.append(middleware)
 
+    def implements(self, hook: str) -> bool:
+        """Whether any middleware overrides ``hook``: the worker skips building what a hook takes
+        (an :class:`Intake`, a :class:`TaskEvent`) for every record when none does."""
+        return any(getattr(type(item), hook) is not getattr(Middleware, hook) for item in self._items)
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._items)
 

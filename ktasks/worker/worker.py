@@ -378,7 +378,7 @@ class Worker:
                                   f"task {job.message.task!r} is not registered with app {self.app.name!r}")
                 continue
             due = job.message.due
-            if len(self.app.middleware) and not (due is not None and due > now):
+            if self.app.middleware.implements("intake") and not (due is not None and due > now):
                 decision = self.app.middleware.decide(Intake(
                     job.message, job.task, record.topic, record.partition, record.offset, record.key,
                     list(record.headers or []), job.origin_topic, job.replay))
@@ -586,7 +586,7 @@ class Worker:
     def _report_finished(self, job: Job, outcome: str, run_time_s: float | None = None, *, started: bool = True,
                          reason: str | None = None) -> None:
         """Tell middleware (metrics, reports) what became of a record; see ktasks.middleware.TaskEvent."""
-        if len(self.app.middleware):
+        if self.app.middleware.implements("task_finished"):
             name = job.task.name if job.task is not None else \
                 "(undecodable)" if job.message is None else "(unregistered)"
             self.app.middleware.after("task_finished", TaskEvent.of(

@@ -136,3 +136,20 @@ def test_results_expire(project: Any) -> None:
             handle.get()
     finally:
         w.stop()
+
+
+def test_a_task_dead_lettered_without_running_fails_its_get(project: Any) -> None:
+    p = project(SOURCE)
+    handle = p.app_module.add.apply_async((1, 2), expires=1)
+    sent = time.time()
+    wait_until(lambda: time.time() > sent + 1.5, 10)
+    w = p.worker("-c", "1")
+    try:
+        with pytest.raises(TaskFailed) as caught:
+            handle.get(timeout=90)
+        assert caught.value.remote_type == "ktasks.errors.TaskExpired"
+        assert caught.value.reason == "expired"
+        with pytest.raises(TaskFailed):
+            p.app.result(handle.id).get(timeout=30)
+    finally:
+        w.stop()
