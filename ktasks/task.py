@@ -160,7 +160,7 @@ class SendHandle:
             from .results.replies import _readers
 
             reader = _readers.get(id(self._app))
-            enabled = reader is not None and reader.expects(self.id)
+            enabled = reader is not None and reader.app is self._app and reader.expects(self.id)
             self._result = AsyncResult(self._app, self.id, task_name=self.task_name, via_reply=True,
                                        enabled=enabled)
         return self._result

@@ -149,11 +149,11 @@ _lock = threading.Lock()
 def reader_for(app: App) -> ReplyReader:
     """This process's reply reader for ``app``, started on first use."""
     reader = _readers.get(id(app))
-    if reader is not None:
+    if reader is not None and reader.app is app:
         return reader
     with _lock:
         reader = _readers.get(id(app))
-        if reader is None:
+        if reader is None or reader.app is not app:     # an id reused by a new App after the old one died
             reader = _readers[id(app)] = ReplyReader(app)
     return reader
 

@@ -40,7 +40,11 @@ def test_a_quote_chord_started_by_one_request_is_polled_by_id(kafka_bootstrap: s
             reply = client.get(f"/quotes/{quote_id}")
             return reply if reply.status_code != 202 else None
 
-        done = wait_until(lambda: poll(quote), 120, interval_s=0.5, message="the quote never completed")
+        try:
+            done = wait_until(lambda: poll(quote), 240, interval_s=0.5, message="the quote never completed")
+        except AssertionError:
+            print((tmp_path / "worker.log").read_text(errors="replace")[-6000:])
+            raise
         assert done.status_code == 200, done.get_json()
         assert done.get_json() == {"id": quote, "status": "SUCCESS", "lines": 3, "total": "6.30"}
         failed = wait_until(lambda: poll(bad), 60, interval_s=0.5, message="the bad quote never failed")
