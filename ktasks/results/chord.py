@@ -188,7 +188,13 @@ class ChordJoiner:
                    enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
                    heartbeat_interval_ms=s.heartbeat_interval_ms, bootstrap_timeout_ms=max(10000, s.send_timeout_ms))
         cfg.update(s.kafka_options)
-        return KafkaConsumer(**cfg)
+        consumer = KafkaConsumer(**cfg)
+        # Its polls are short (200 ms): a group join finishing between two of them must not be
+        # thrown away, or under load the joiner rejoins forever and never owns a partition.
+        from ..worker.joinfix import collect_finished_joins
+
+        collect_finished_joins(consumer)
+        return consumer
 
     def _run(self) -> None:
         consumer: KafkaConsumer | None = None
