@@ -31,11 +31,14 @@ from .errors import (
     MessageTooLarge,
     PoisonMessage,
     Rejected,
+    ResultExpired,
+    ResultsDisabled,
     Retry,
     SoftTimeLimitExceeded,
     TaskCancelled,
     TaskError,
     TaskExpired,
+    TaskFailed,
     TaskNotRegistered,
     TimeLimitExceeded,
     TopicError,
@@ -45,12 +48,15 @@ from .errors import (
 )
 from .message import Message
 from .middleware import Defer, Dispatched, Intake, Middleware, Reject, Skip
+from .results import AsyncResult, GroupResult, Signature, chain, chord, group
 from .settings import SETTINGS, Settings
 from .task import EagerResult, SendHandle, SentRecord, Task, TaskContext
 
 __all__ = [
     "App", "Task", "TaskContext", "SendHandle", "SentRecord", "EagerResult", "Message", "Middleware",
     "Intake", "Skip", "Defer", "Reject", "Dispatched",
+    "AsyncResult", "GroupResult", "Signature", "chain", "group", "chord", "TaskFailed", "ResultsDisabled",
+    "ResultExpired",
     "Settings", "SETTINGS",
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",

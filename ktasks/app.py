@@ -25,6 +25,7 @@ from .task import EagerResult, SendHandle, Task, TaskOptions
 
 if TYPE_CHECKING:
     from .appdb.outbox import Outbox
+    from .results.handles import AsyncResult
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ class App:
         self.name = name
         self.settings = Settings(settings)
         self.tasks: dict[str, Task[..., Any]] = {}
-        self.middleware = MiddlewareStack([*default_middleware(), *middleware])
+        from .results.middleware import ResultsMiddleware
+
+        # Results first, so its task option (store_result) exists before any task is declared.
+        self.middleware = MiddlewareStack([ResultsMiddleware(self), *default_middleware(), *middleware])
         self.client_id = self.settings.client_id or f"ktasks-{name}"
         self.producer = ProducerHolder(self.settings, self.client_id)
         from .topics import TopicManager
@@ -184,13 +188,14 @@ class App:
         eta: Any = None,
         expires: Any = None,
         attempt: int = 0,
+        meta: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> SendHandle | EagerResult:
         """Enqueue a task by name. Used by ``Task.apply_async`` (see it for the options)."""
         record = self.build_record(name, args, kwargs, key=key, task_id=task_id,
                                    idempotency_key=idempotency_key, headers=headers, topic=topic,
                                    countdown_s=countdown_s, eta=eta, expires=expires, attempt=attempt,
-                                   **options)
+                                   meta=meta, **options)
         if self.settings.eager:
             return self._run_eager(decode(record.value), record.task_topic)
         topic = record.topic
@@ -203,7 +208,7 @@ class App:
         if self._tracked is not None:
             self._tracked.append(future)
         self.middleware.after("after_enqueue", record.message, topic)
-        return SendHandle(record.message.id, topic, future, self)
+        return SendHandle(record.message.id, topic, future, self, task_name=name)
 
     def build_record(
         self,
@@ -220,6 +225,7 @@ class App:
         eta: Any = None,
         expires: Any = None,
         attempt: int = 0,
+        meta: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> OutgoingRecord:
         """Encode and check a task call as ``send_task`` would, without sending it.
@@ -243,6 +249,7 @@ class App:
         message = Message(
             task=name, args=list(args), kwargs=dict(kwargs or {}), id=task_id or new_id(),
             attempt=attempt, idempotency_key=idempotency_key, created=now, due=due, expires=expires_at,
+            meta=dict(meta or {}),
         )
         self.middleware.before("before_enqueue", message, topic, strict=True)
         value = encode(message)
@@ -327,12 +334,21 @@ class App:
             self._ensured -= names
         self.topics.forget(names)
 
+    def result(self, task_id: str) -> AsyncResult:
+        """The result of ``task_id`` from any process: ``app.result(id).get(timeout=...)`` (docs/results.md)."""
+        from .results.handles import AsyncResult
+
+        return AsyncResult(self, task_id)
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent from this process was acknowledged."""
         self.producer.flush(timeout_s)
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Flush and close this process's Kafka clients (and eager mode's ledger)."""
+        from .results.replies import close_reader
+
+        close_reader(self)
         self.producer.close(timeout_s)
         self.topics.close()
         self.eager_ledger.reset()

@@ -96,7 +96,7 @@ def run_eager(app: App, message: Message, topic: str) -> EagerResult:
     task = app.get_task(message.task)
     ledger = app.eager_ledger.get() if app.settings.ledger_enabled else None
     key = message.ledger_key
-    result = EagerResult(message.id)
+    result = EagerResult(message.id, app=app)
     if message.expires is not None and time.time() > message.expires:
         result.exception = TaskExpired("expired before it ran")
         result.dead_letter_reason = "expired"

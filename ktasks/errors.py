@@ -178,3 +178,37 @@ def normalize_exception_name(name: str) -> str:
     """
     prefix = _BUILTINS + "."
     return name[len(prefix):] if name.startswith(prefix) else name
+
+
+class ResultError(KtasksError):
+    """Base for what ``get()`` raises besides the task's own failure and ``TimeoutError``."""
+
+
+class ResultsDisabled(ResultError):
+    """``get()`` on a task that publishes no result: nothing will ever arrive, so it raises at once."""
+
+
+class ResultExpired(ResultError, LookupError):
+    """The task's result was stored but is older than ``result_expires_s``: it is gone."""
+
+
+class TaskFailed(KtasksError):
+    """The task ended in failure (after its retries, or dead-lettered): raised by ``get()``.
+
+    ``remote_type`` is the remote exception's qualified type name
+    (``ValueError``; see :func:`exception_name`), ``remote_message`` its text and
+    ``remote_traceback`` the worker's formatted traceback (empty when the task
+    never ran: expired, poison, rejected). ``task_name`` and ``task_id`` name
+    the task that failed: for a chain or a chord, the step or member that failed.
+    """
+
+    def __init__(self, task_name: str, task_id: str, remote_type: str, remote_message: str,
+                 remote_traceback: str = "", reason: str | None = None) -> None:
+        why = f" ({reason})" if reason and " " in reason else ""
+        super().__init__(f"task {task_name}[{task_id}] failed: {remote_type}: {remote_message}{why}")
+        self.task_name = task_name
+        self.task_id = task_id
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.reason = reason

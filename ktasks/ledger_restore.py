@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import DecodeError
-from .kafka import KafkaConsumer, TopicPartition
+from .kafka import KafkaConsumer, TopicPartition, client_config
 from .kafka.errors import KafkaError
 from .ledger import FAILED, POISONED, STARTED, SUCCEEDED
 from .ledger_schema import TABLE, immediate, ledger_error
@@ -182,11 +182,10 @@ class Restorer:
 
     def consumer(self) -> KafkaConsumer:
         if self._consumer is None:
-            cfg = self.settings.kafka_common()
-            cfg.update(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
-                       client_id=f"{self.client_id}-restore@{socket.gethostname()}:{os.getpid()}")
-            cfg.update(self.settings.kafka_options)
-            cfg["group_id"] = None
+            cfg = client_config(self.settings, "consumer", dict(
+                enable_auto_commit=False, auto_offset_reset="earliest",
+                client_id=f"{self.client_id}-restore@{socket.gethostname()}:{os.getpid()}"))
+            cfg["group_id"] = None    # by assignment, whatever kafka_options say
             self._consumer = KafkaConsumer(**cfg)
         return self._consumer
 

@@ -108,6 +108,8 @@ class Message:
     created: float = field(default_factory=time.time)
     due: float | None = None
     expires: float | None = None
+    #: ktasks' own bookkeeping that travels with the task (results, canvas); see docs/protocol.md.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ledger_key(self) -> str:
@@ -127,6 +129,8 @@ class Message:
         }
         if self.expires is not None:
             body["exp"] = self.expires  # only when set: older workers ignore it, sizes stay the same
+        if self.meta:
+            body["meta"] = self.meta    # likewise only when set
         return body
 
 
@@ -358,10 +362,13 @@ def decode(data: bytes | None) -> Message:
             raise DecodeError(f"envelope field {fname!r} has type {type(fvalue).__name__}")
     if ikey is not None and not isinstance(ikey, str):
         raise DecodeError(f"envelope field 'ikey' has type {type(ikey).__name__}")
+    meta = body.get("meta", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
+        raise DecodeError(f"envelope field 'meta' has type {type(meta).__name__}")
     return Message(
         task=body["task"], args=body["args"], kwargs=body["kwargs"], id=body["id"],
         attempt=body["attempt"], idempotency_key=ikey, created=float(body["created"]),
-        due=None if due is None else float(due), expires=None if exp is None else float(exp),
+        due=None if due is None else float(due), expires=None if exp is None else float(exp), meta=meta,
     )
 
 

@@ -226,6 +226,19 @@ _add("reports_topic", str, "ktasks.reports", "Topic of the worker reports (one f
 _add("reports_retention_ms", int, 3600000, "Retention of the reports topic when ktasks creates it: reports are "
      "only looked at while recent.", G)
 
+# -- results ---------------------------------------------------------------------
+G = "Results"
+_add("store_results", bool, False, "Publish the result of every task (value or failure) so `handle.get()` and "
+     "`app.result(task_id)` can read it; per task, `@app.task(store_result=True)`. See docs/results.md.", G)
+_add("result_expires_s", int, 24 * 3600, "A stored result is kept this long: the retention of the results "
+     "and replies topics, and `get()` on an older result raises `ResultExpired`.", G)
+_add("reply_partitions", int, 16, "Partitions of the `<app>.replies` topic when ktasks creates it; each "
+     "sending process reads one of them, so more partitions mean fewer other processes' replies read.", G)
+_add("results_partitions", int, 12, "Partitions of the `<app>.results` topic when ktasks creates it; a "
+     "lookup by id reads one partition, so its cost is the live results divided by this.", G)
+_add("chord_join", bool, True, "The worker counts chord members on `<app>.chords` (a consumer in group "
+     "`<group>.chords` beside the task consumer); turn off only on workers that should not join chords.", G)
+
 # -- testing ---------------------------------------------------------------------
 G = "Testing"
 _add("faults", str, None, "Fault injection for tests: comma-separated `point[=action]`. Off by default. "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .app import App
     from .kafka import FutureRecordMetadata
     from .message import Message
+    from .results.canvas import Signature
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +141,45 @@ class SentRecord:
 class SendHandle:
     """Returned by ``delay()``/``apply_async()``: the task id and the pending broker acknowledgement."""
 
-    def __init__(self, task_id: str, topic: str, future: FutureRecordMetadata, app: App) -> None:
+    def __init__(self, task_id: str, topic: str, future: FutureRecordMetadata, app: App,
+                 task_name: str | None = None) -> None:
         self.id = task_id
         self.topic = topic
+        self.task_name = task_name
         self._future = future
         self._app = app
+        self._result: Any = None
+
+    @property
+    def future(self) -> FutureRecordMetadata:
+        """The producer's send future (acknowledged when the broker stored the message)."""
+        return self._future
+
+    @property
+    def result(self) -> Any:
+        """The task's :class:`~ktasks.results.AsyncResult` (waits on this process's reply partition)."""
+        if self._result is None:
+            from .results.handles import AsyncResult
+            from .results.replies import _readers
+
+            reader = _readers.get(id(self._app))
+            enabled = reader is not None and reader.app is self._app and reader.expects(self.id)
+            self._result = AsyncResult(self._app, self.id, task_name=self.task_name, via_reply=True,
+                                       enabled=enabled)
+        return self._result
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The task's return value (see :meth:`ktasks.results.AsyncResult.get`); needs results turned on."""
+        return self.result.get(timeout=timeout)
+
+    def ready(self) -> bool:
+        """Whether the task finished (see :meth:`ktasks.results.AsyncResult.ready`)."""
+        return bool(self.result.ready())
+
+    @property
+    def status(self) -> str:
+        """``PENDING``, ``SUCCESS`` or ``FAILURE``."""
+        return str(self.result.status)
 
     def wait_sent(self, timeout: float | None = None) -> SentRecord:
         """Block until the broker acknowledged the message (``acks=all``).
@@ -183,8 +218,10 @@ class EagerResult:
     ledger found the idempotency key already succeeded, so it did not run.
     """
 
-    def __init__(self, task_id: str, result: Any = None, exc: BaseException | None = None) -> None:
+    def __init__(self, task_id: str, result: Any = None, exc: BaseException | None = None,
+                 app: App | None = None) -> None:
         self.id = task_id
+        self._app = app
         self.result = result
         self.exception = exc
         self.attempts = 0
@@ -206,11 +243,32 @@ class EagerResult:
     def wait_sent(self, timeout: float | None = None) -> None:
         """Nothing is sent in eager mode; like a send, this does not raise the task's exception."""
 
-    def get(self) -> Any:
-        """The return value; raises the task's exception if it ended in the dead-letter topic."""
+    def get(self, timeout: float | None = None) -> Any:
+        """The return value; raises the task's exception if it ended in the dead-letter topic.
+
+        For a task that stores results (``store_result``/``store_results``),
+        exactly what a worker's result gives: ``TaskFailed`` for a failure.
+        """
+        record = self._stored()
+        if record is not None:
+            return record.outcome()
         if self.exception is not None:
             raise self.exception
         return self.result
+
+    def _stored(self) -> Any:
+        if self._app is None:
+            return None
+        from .results.middleware import results_middleware
+
+        return results_middleware(self._app).eager_results.get(self.id)
+
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def status(self) -> str:
+        return "SUCCESS" if self.successful() else "FAILURE"
 
     def __repr__(self) -> str:
         state = "skipped" if self.skipped else f"dead-lettered ({self.dead_letter_reason})" \
@@ -259,6 +317,18 @@ class Task(Generic[P, R]):
             logger.info("task %s[%s] already claimed in the application database (%s): recorded as done",
                         msg.task, msg.id, exc.key)
             return None
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task (for ``chain``, ``group``, ``chord``); a chain prepends the previous result."""
+        from .results.canvas import Signature
+
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a chain does not prepend the previous result."""
+        from .results.canvas import Signature
+
+        return Signature(self, args, kwargs, immutable=True)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> SendHandle | EagerResult:
         """Enqueue a call with these arguments."""

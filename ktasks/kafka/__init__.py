@@ -52,10 +52,11 @@ with warnings.catch_warnings():
         OffsetSpec,
         TopicPartition,
         client_config,
+        murmur2,
         reader,
     )
 
 __all__ = [
     "ConfigResource", "ConfigResourceType", "FutureRecordMetadata", "KafkaAdminClient", "KafkaConsumer",
-    "KafkaProducer", "OffsetAndMetadata", "OffsetSpec", "TopicPartition", "client_config", "reader",
+    "KafkaProducer", "OffsetAndMetadata", "OffsetSpec", "TopicPartition", "client_config", "murmur2", "reader",
 ]

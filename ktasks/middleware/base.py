@@ -221,6 +221,14 @@ class Middleware:
     def after_task(self, ctx: TaskContext, result: Any, exc: BaseException | None) -> None:
         """Called in the child after the task function returned or raised."""
 
+    def child_batch_done(self, app: Any) -> None:
+        """Called in a worker child after it ran a batch of tasks, before it reports them finished.
+
+        Called before the ledger's flush and the report to the parent, so a
+        middleware that sent records on the tasks' behalf (results) waits for
+        their acknowledgement here: one wait per batch instead of one per task.
+        """
+
     def on_retry(self, message: Message, delay_s: float, exc: BaseException | None) -> None:
         """Called in the worker parent when a failed task is scheduled again."""
 

@@ -114,6 +114,9 @@ class Child:
                 last_sent = now
 
     def _send(self, results: list[list[Any]]) -> None:
+        if self.app.middleware.has("child_batch_done"):
+            # Before the ledger flush and the report: one wait for the batch's sends (results).
+            self.app.middleware.before("child_batch_done", self.app)
         self.gate.flush()
         faults.point("after_ledger_write", self.parent_pid)
         self.conn.send_bytes(pack([RESULTS, results]))

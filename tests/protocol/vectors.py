@@ -28,7 +28,8 @@ class Valid:
         """The Python message the envelope stands for."""
         e = to_python(self.envelope)
         return Message(task=e["task"], args=e["args"], kwargs=e["kwargs"], id=e["id"], attempt=e["attempt"],
-                       idempotency_key=e["ikey"], created=e["created"], due=e["due"], expires=e.get("exp"))
+                       idempotency_key=e["ikey"], created=e["created"], due=e["due"], expires=e.get("exp"),
+                       meta=e.get("meta", {}))
 
 
 @dataclass(frozen=True)
