@@ -66,7 +66,10 @@ class App:
         self.name = name
         self.settings = Settings(settings)
         self.tasks: dict[str, Task[..., Any]] = {}
-        self.middleware = MiddlewareStack(middleware)
+        from .schedule import default_middleware
+
+        # Revocation and expiry come first: a revoked task is never offered to anyone else.
+        self.middleware = MiddlewareStack([*default_middleware(), *middleware])
         self.client_id = self.settings.client_id or f"ktasks-{name}"
         self.producer = ProducerHolder(self.settings, self.client_id)
         from .topics import TopicManager
@@ -228,6 +231,13 @@ class App:
         raises (``EncodeError``, ``MessageTooLarge``, ``TaskNotRegistered``).
         The transactional outbox stores the result and publishes it later.
         """
+        if "expires_s" in options:
+            expires_s = options.pop("expires_s")
+            if expires is not None and expires_s is not None:
+                raise ConfigurationError(f"task {name!r}: give expires_s or expires, not both")
+            if expires_s is not None and (isinstance(expires_s, bool) or not isinstance(expires_s, (int, float))):
+                raise ConfigurationError(f"task {name!r}: expires_s must be a number of seconds, got {expires_s!r}")
+            expires = expires if expires_s is None else expires_s
         if options:
             topic, countdown_s = _call_options(name, options, topic, countdown_s)
         task = self.tasks.get(name)
@@ -322,6 +332,17 @@ class App:
         with self._ensure_lock:
             self._ensured -= names
         self.topics.forget(names)
+
+    def revoke(self, *task_ids: str, timeout_s: float | None = None) -> list[str]:
+        """Revoke tasks by id: one that has not started will not run (ledger state ``revoked``).
+
+        Works for queued tasks, countdowns and ETAs of any length, and for
+        tasks not yet enqueued. Blocks until Kafka stored the revocations;
+        see docs/scheduling.md.
+        """
+        from .schedule.revoke import revoke
+
+        return revoke(self, task_ids, timeout_s=timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent from this process was acknowledged."""

@@ -512,7 +512,7 @@ class Worker:
         status, duration = res[1], res[2]
         if self._fenced(job, f"result {status!r}"):
             return
-        outcome = "expired" if status == DEAD and res[3] == "expired" else _OUTCOME.get(status, status)
+        outcome = "expired" if status in (SKIP, DEAD) and res[3] == "expired" else _OUTCOME.get(status, status)
         self._report_finished(job, outcome, duration if outcome in ("succeeded", "retried", "failed") else None,
                               reason=res[3] if status == DEAD else "poison" if status == POISON else None)
         if status == OK and job.task is not None:
