@@ -273,13 +273,23 @@ class App:
                 f"{self.settings.max_message_bytes}; nothing was sent"
             )
         task_topic = topic
-        if countdown_s and countdown_s > 0:
+        partitions = task.options.partitions if task else None
+        if countdown_s and countdown_s * 1000 > max(self.settings.retry_tiers_ms):
+            # Beyond the largest tier: a tier would hold its partition for longer than its delay.
+            # The scheduled topic keeps it, keyed by task id, until its owner enqueues it.
+            from .schedule.eta import H_SCHEDULED_KEY, ensure_scheduled_topic
+
+            hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
+            if kbytes is not None:
+                hdrs.append((H_SCHEDULED_KEY, kbytes))
+            topic = ensure_scheduled_topic(self) if not self.settings.eager else f"{self.name}.scheduled"
+            kbytes, partitions = message.id.encode(), self.settings.scheduled_partitions
+        elif countdown_s and countdown_s > 0:
             # A delayed task waits in the retry topic of its delay tier, like a retry: the
             # worker holds that partition until it is due, and the task topic never blocks.
             hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
             topic = self.retry_topic(topic, self.delay_tier_ms(countdown_s))
-        return OutgoingRecord(message, topic, task_topic, kbytes, value, hdrs,
-                              task.options.partitions if task else None)
+        return OutgoingRecord(message, topic, task_topic, kbytes, value, hdrs, partitions)
 
     def outbox(self, conn: Any, **options: Any) -> Outbox:
         """Enqueue through ``conn``'s open transaction instead of straight to Kafka.
