@@ -26,6 +26,7 @@ from .task import EagerResult, SendHandle, Task, TaskOptions
 
 if TYPE_CHECKING:
     from .appdb.outbox import Outbox
+    from .schedule.periodic import PeriodicEntry
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class App:
         self.name = name
         self.settings = Settings(settings)
         self.tasks: dict[str, Task[..., Any]] = {}
+        #: Periodic entries by name (``add_periodic_task``), run by ``ktasks worker --beat`` or ``ktasks beat``.
+        self.periodic_tasks: dict[str, PeriodicEntry] = {}
         from .schedule import default_middleware
 
         # Revocation and expiry come first: a revoked task is never offered to anyone else.
@@ -342,6 +345,22 @@ class App:
         with self._ensure_lock:
             self._ensured -= names
         self.topics.forget(names)
+
+    def add_periodic_task(self, name: str, schedule: float | str, task: Any, *, args: Sequence[Any] = (),
+                          kwargs: Mapping[str, Any] | None = None, catch_up: bool = False, tz: str = "UTC",
+                          topic: str | None = None) -> PeriodicEntry:
+        """Declare a periodic task: ``task`` (a task or its name) with ``args``/``kwargs`` on ``schedule``.
+
+        ``schedule``: seconds (slots at whole multiples since the epoch) or a
+        cron string in time zone ``tz``. Exactly one runner fires each slot,
+        whatever the number of ``ktasks worker --beat`` and ``ktasks beat``
+        processes. ``catch_up``: a slot missed while no runner ran fires once on
+        recovery (True) or not at all (False). See docs/scheduling.md.
+        """
+        from .schedule.periodic import add_periodic_task
+
+        return add_periodic_task(self, name, schedule, task, args=args, kwargs=kwargs, catch_up=catch_up, tz=tz,
+                                 topic=topic)
 
     def revoke(self, *task_ids: str, timeout_s: float | None = None) -> list[str]:
         """Revoke tasks by id: one that has not started will not run (ledger state ``revoked``).

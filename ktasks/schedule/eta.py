@@ -22,7 +22,6 @@ import heapq
 import logging
 import os
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,6 +31,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 
 from ..headers import H_ORIGIN_TOPIC, value_of
 from ..middleware import Middleware
+from .service import ServiceThread
 from .topics import ensure_compacted, scheduled_topic
 
 if TYPE_CHECKING:
@@ -95,11 +95,11 @@ class _Listener(ConsumerRebalanceListener):
         self.s.changes.append(("assigned", list(assigned)))
 
 
-class EtaScheduler(threading.Thread):
+class EtaScheduler(ServiceThread):
     """The owner side: a consumer in ``<app>.scheduler`` and a transactional producer per owned partition."""
 
     def __init__(self, app: App, settings: Any, revocations: RevokeMiddleware | None = None) -> None:
-        super().__init__(name="ktasks-eta-scheduler", daemon=True)
+        super().__init__("ktasks-eta-scheduler")
         self.app = app
         self.settings = settings
         self.topic = scheduled_topic(app)
@@ -107,21 +107,10 @@ class EtaScheduler(threading.Thread):
         self.owned: dict[TopicPartition, _Owned] = {}
         self.changes: list[tuple[str, list[TopicPartition]]] = []
         self.fired = 0
-        self._stop = threading.Event()
         self._tick_s = settings.beat_interval_ms / 1000.0
 
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._run()
-                return
-            except Exception:
-                logger.exception("ETA scheduler failed; starting again in 2 s")
-                self._release(list(self.owned))
-                self._stop.wait(2.0)
+    def reset(self) -> None:
+        self._release(list(self.owned))
 
     def _consumer(self) -> KafkaConsumer:
         cfg = self.settings.kafka_common()
@@ -131,14 +120,14 @@ class EtaScheduler(threading.Thread):
                    client_id=f"{self.app.client_id}-scheduler@{socket.gethostname()}:{os.getpid()}")
         return KafkaConsumer(**cfg)
 
-    def _run(self) -> None:
+    def serve(self) -> None:
         consumer = self._consumer()
         try:
             consumer.subscribe([self.topic], listener=_Listener(self))
             # Load the topic's metadata before the first poll joins the group (see
             # Worker._await_metadata: otherwise the first assignment can come out empty).
             consumer.partitions_for_topic(self.topic)
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 records = consumer.poll(timeout_ms=int(self._wait_s() * 1000))
                 self._apply_changes(consumer)
                 for tp, recs in records.items():

@@ -28,6 +28,7 @@ from ..message import pack, unpack
 from ..middleware import Decision, Intake
 from ..producer import translate_send_error
 from .notrun import NotRunRecorder
+from .service import ServiceThread
 from .topics import ensure_compacted, revocations_topic
 
 if TYPE_CHECKING:
@@ -71,11 +72,11 @@ def revoke(app: App, task_ids: Iterable[str], *, timeout_s: float | None = None)
     return ids
 
 
-class RevocationReader(threading.Thread):
+class RevocationReader(ServiceThread):
     """Reads ``<app>.revocations`` from the beginning, forever; ``revoked`` is the live set of ids."""
 
     def __init__(self, app: App, settings: Any) -> None:
-        super().__init__(name="ktasks-revocations", daemon=True)
+        super().__init__("ktasks-revocations")
         self.app = app
         self.settings = settings
         self.topic = revocations_topic(app)
@@ -83,23 +84,10 @@ class RevocationReader(threading.Thread):
         #: task id -> when it was revoked (epoch seconds)
         self.revoked: dict[str, float] = {}
         self.caught_up = threading.Event()
-        self._stop = threading.Event()
         self._next_prune = 0.0
 
-    def stop(self) -> None:
-        self._stop.set()
 
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._read()
-                return
-            except Exception:
-                # A broker outage or a deleted topic: read again from the start after a pause.
-                logger.exception("reading %s failed; starting over in 2 s", self.topic)
-                self._stop.wait(2.0)
-
-    def _read(self) -> None:
+    def serve(self) -> None:
         cfg = self.settings.kafka_common()
         cfg.update(group_id=None, enable_auto_commit=False, auto_offset_reset="earliest",
                    client_id=f"{self.app.client_id}-revocations@{socket.gethostname()}:{os.getpid()}",
@@ -107,18 +95,18 @@ class RevocationReader(threading.Thread):
         consumer = KafkaConsumer(**cfg)
         try:
             partitions = None
-            while not partitions and not self._stop.is_set():
+            while not partitions and not self._halt.is_set():
                 partitions = consumer.partitions_for_topic(self.topic)
                 if not partitions:
                     logger.warning("revocations topic %s does not exist yet; waiting for it", self.topic)
-                    self._stop.wait(2.0)
-            if self._stop.is_set():
+                    self._halt.wait(2.0)
+            if self._halt.is_set():
                 return
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             end = consumer.end_offsets(tps)
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for record in records:
                         self._apply(record)
