@@ -53,7 +53,8 @@ def ensure_beat_topic(app: App) -> str:
     return topic
 
 
-def _apply(record: Any, last: dict[str, float], owner: dict[str, Any]) -> None:
+def _apply(record: Any, last: dict[str, float], owner: dict[str, Any],
+           resume: dict[str, float] | None = None) -> None:
     if record.key is None or record.value is None:
         return
     try:
@@ -68,6 +69,12 @@ def _apply(record: Any, last: dict[str, float], owner: dict[str, Any]) -> None:
     name = record.key.decode(errors="replace")
     slot = float(value.get("last", 0.0))
     last[name] = max(slot, last.get(name, 0.0))
+    if resume is not None:
+        # A handover record names the slot the previous owner would have fired next.
+        if value.get("resume") is not None:
+            resume[name] = float(value["resume"])
+        else:
+            resume.pop(name, None)
 
 
 def read_beat_state(app: App, timeout_s: float = 30.0) -> tuple[dict[str, float], dict[str, Any]]:
@@ -102,6 +109,8 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         if revoked:
+            # Before the rebalance completes: nobody else can own the partition yet.
+            self.r.hand_over()
             self.r.changes.append("revoked")
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -120,12 +129,19 @@ class BeatRunner(ServiceThread):
         self.changes: list[str] = []
         self.last: dict[str, float] = {}
         self.next: dict[str, float] = {}
+        # Our schedule when a rebalance took the partition away: if it comes back to us (a
+        # member joining or leaving the group moves it out and back), the slots that came due
+        # meanwhile are fired late, not counted as missed; the topic still says if anyone did.
+        self._paused_next: dict[str, float] = {}
+        #: The previous owner's next slots as it handed over (read from the topic).
+        self.resume: dict[str, float] = {}
         self.producer: KafkaProducer | None = None
         self.restore_end: int | None = None
         self.owner = False
         self.fired = 0
         self._tick_s = self.settings.beat_interval_ms / 1000.0
-        self._ident = f"{socket.gethostname()}:{os.getpid()}"
+        self._handover_grace_s = max(30.0, 2 * self.settings.session_timeout_ms / 1000.0)
+        self._me = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
     def entries(self) -> dict[str, PeriodicEntry]:
@@ -133,6 +149,7 @@ class BeatRunner(ServiceThread):
 
     def reset(self) -> None:
         self._release()
+        self._paused_next = {}
 
     def serve(self) -> None:
         ensure_beat_topic(self.app)
@@ -140,7 +157,7 @@ class BeatRunner(ServiceThread):
         cfg.update(group_id=f"{self.app.name}.beat", enable_auto_commit=False, auto_offset_reset="earliest",
                    isolation_level="read_committed", session_timeout_ms=self.settings.session_timeout_ms,
                    heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
-                   client_id=f"{self.app.client_id}-beat@{self._ident}")
+                   client_id=f"{self.app.client_id}-beat@{self._me}")
         consumer = KafkaConsumer(**cfg)
         logger.info("beat: %d periodic task(s); competing for %s", len(self.entries), self.topic)
         try:
@@ -155,7 +172,7 @@ class BeatRunner(ServiceThread):
                         self._release()
                 for recs in records.values():
                     for record in recs:
-                        _apply(record, self.last, {})
+                        _apply(record, self.last, {}, self.resume)
                 tp = TopicPartition(self.topic, 0)
                 if self.restore_end is not None and consumer.position(tp) >= self.restore_end:
                     self.restore_end = None
@@ -163,6 +180,7 @@ class BeatRunner(ServiceThread):
                 if self.owner:
                     self._fire_due()
         finally:
+            self.hand_over()          # a clean stop: the next owner resumes where we were
             self._release()
             consumer.close()
 
@@ -174,13 +192,21 @@ class BeatRunner(ServiceThread):
         tp = TopicPartition(self.topic, 0)
         consumer.seek_to_beginning(tp)
         self.last = {}
+        self.resume = {}
         self.restore_end = consumer.end_offsets([tp])[tp]
         logger.info("beat: %s assigned to this process; reading the last fires", self.topic)
 
     def _restored(self) -> None:
         now = time.time()
+        paused, self._paused_next = self._paused_next, {}
         for name, entry in self.entries.items():
             last = self.last.get(name)
+            resume = paused.get(name) or self.resume.get(name)
+            # A handover resumes where the last owner stood, unless no owner ran for long since:
+            # then the slots are missed ones, and catch_up decides.
+            if resume is not None and (last is None or resume > last) and resume > now - self._handover_grace_s:
+                self.next[name] = resume
+                continue
             if last is None:
                 self.next[name] = entry.next_after(now)
                 continue
@@ -195,14 +221,36 @@ class BeatRunner(ServiceThread):
                 self.next[name] = entry.next_after(now)
         assert self.producer is not None
         self.producer.begin_transaction()
-        self.producer.send(self.topic, key=OWNER_KEY, value=pack({"owner": self._ident, "since": now}))
+        self.producer.send(self.topic, key=OWNER_KEY, value=pack({"owner": self._me, "since": now}))
         self.producer.commit_transaction()
         self.owner = True
-        logger.info("beat: owner of %s (%s): %d periodic task(s)", self.topic, self._ident, len(self.entries))
+        logger.info("beat: owner of %s (%s): %d periodic task(s)", self.topic, self._me, len(self.entries))
+
+    def hand_over(self) -> None:
+        """Revoked, still the owner until the rebalance completes: record where each entry stands.
+
+        The next owner resumes from these slots, so a clean handover (a worker
+        stopping or joining) neither skips a slot nor fires one twice. Written
+        in a transaction with our producer: if it is fenced already, nothing is
+        written and the next owner follows ``catch_up``.
+        """
+        if not self.owner or self.producer is None:
+            return
+        try:
+            self.producer.begin_transaction()
+            for name, nxt in self.next.items():
+                self.producer.send(self.topic, key=name.encode(), value=pack(
+                    {"last": self.last.get(name, 0.0), "resume": nxt, "at": time.time(), "by": self._me}))
+            self.producer.commit_transaction()
+            logger.info("beat: handing %s over: next slots recorded", self.topic)
+        except Exception:
+            logger.warning("beat: could not record the next slots when handing over", exc_info=True)
 
     def _release(self) -> None:
         if self.owner or self.producer is not None:
             logger.info("beat: no longer the owner of %s", self.topic)
+        if self.owner:
+            self._paused_next = dict(self.next)
         self.owner = False
         self.restore_end = None
         self.next.clear()
@@ -232,7 +280,7 @@ class BeatRunner(ServiceThread):
             for name, slot, record in records:
                 producer.send(record.topic, value=record.value, key=record.key, headers=record.headers)
                 producer.send(self.topic, key=name.encode(),
-                              value=pack({"last": slot, "at": now, "by": self._ident}))
+                              value=pack({"last": slot, "at": now, "by": self._me}))
             producer.commit_transaction()
         except Exception:
             # Not fired (read_committed hides it all): give up ownership; the next owner decides.
@@ -243,7 +291,9 @@ class BeatRunner(ServiceThread):
             entry = self.entries[name]
             self.last[name] = slot
             nxt = entry.next_after(slot)
-            if nxt <= now:      # stalled past more slots: the same rule as a failover
+            # Behind by less than the grace (resumed after a handover, a slow cycle): the next
+            # slots fire late, in order. Further behind: missed, and catch_up decides.
+            if nxt <= now - self._handover_grace_s:
                 missed = entry.latest_at_or_before(now, slot)
                 nxt = missed if entry.catch_up and missed is not None else entry.next_after(now)
             self.next[name] = nxt

@@ -106,6 +106,8 @@ class RevocationReader(ServiceThread):
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             end = consumer.end_offsets(tps)
+            if not any(end.values()):
+                self.caught_up.set()      # nothing was ever revoked: no need to wait for a fetch
             while not self._halt.is_set():
                 for records in consumer.poll(timeout_ms=500).values():
                     for record in records:
