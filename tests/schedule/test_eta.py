@@ -28,7 +28,7 @@ def task_records(bootstrap: str, topic: str, at_least: int) -> list[Any]:
     records: list[Any] = []
     try:
         wait_until(lambda: records.extend(r for b in consumer.poll(500).values() for r in b)
-                   or len(records) >= at_least, 60, message=f"{at_least} records on {topic}")
+                   or len(records) >= at_least, 120, message=f"{at_least} records on {topic}")
         # Anything beyond: one more poll round, so a duplicate would show.
         records.extend(r for b in consumer.poll(1500).values() for r in b)
     finally:
