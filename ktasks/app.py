@@ -26,6 +26,7 @@ from .task import EagerResult, SendHandle, Task, TaskOptions
 if TYPE_CHECKING:
     from .appdb.outbox import Outbox
     from .results.handles import AsyncResult
+    from .schedule.periodic import PeriodicEntry
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,15 @@ class App:
         self.name = name
         self.settings = Settings(settings)
         self.tasks: dict[str, Task[..., Any]] = {}
+        #: Periodic entries by name (``add_periodic_task``), run by ``ktasks worker --beat`` or ``ktasks beat``.
+        self.periodic_tasks: dict[str, PeriodicEntry] = {}
         from .results.middleware import ResultsMiddleware
+        from .schedule import default_middleware as scheduling_middleware
 
-        # Results first, so its task option (store_result) exists before any task is declared.
-        self.middleware = MiddlewareStack([ResultsMiddleware(self), *default_middleware(), *middleware])
+        # Revocation and expiry first: a revoked task is never offered to anyone else. Then results,
+        # so its task option (store_result) exists before any task is declared.
+        self.middleware = MiddlewareStack([*scheduling_middleware(), ResultsMiddleware(self), *default_middleware(),
+                                           *middleware])
         self.client_id = self.settings.client_id or f"ktasks-{name}"
         self.producer = ProducerHolder(self.settings, self.client_id)
         from .topics import TopicManager
@@ -234,6 +240,13 @@ class App:
         raises (``EncodeError``, ``MessageTooLarge``, ``TaskNotRegistered``).
         The transactional outbox stores the result and publishes it later.
         """
+        if "expires_s" in options:
+            expires_s = options.pop("expires_s")
+            if expires is not None and expires_s is not None:
+                raise ConfigurationError(f"task {name!r}: give expires_s or expires, not both")
+            if expires_s is not None and (isinstance(expires_s, bool) or not isinstance(expires_s, (int, float))):
+                raise ConfigurationError(f"task {name!r}: expires_s must be a number of seconds, got {expires_s!r}")
+            expires = expires if expires_s is None else expires_s
         if options:
             topic, countdown_s = _call_options(name, options, topic, countdown_s)
         task = self.tasks.get(name)
@@ -274,13 +287,23 @@ class App:
                 f"{self.settings.max_message_bytes}; nothing was sent"
             )
         task_topic = topic
-        if countdown_s and countdown_s > 0:
+        partitions = task.options.partitions if task else None
+        if countdown_s and countdown_s * 1000 > max(self.settings.retry_tiers_ms):
+            # Beyond the largest tier: a tier would hold its partition for longer than its delay.
+            # The scheduled topic keeps it, keyed by task id, until its owner enqueues it.
+            from .schedule.eta import H_SCHEDULED_KEY, ensure_scheduled_topic
+
+            hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
+            if kbytes is not None:
+                hdrs.append((H_SCHEDULED_KEY, kbytes))
+            topic = ensure_scheduled_topic(self) if not self.settings.eager else f"{self.name}.scheduled"
+            kbytes, partitions = message.id.encode(), self.settings.scheduled_partitions
+        elif countdown_s and countdown_s > 0:
             # A delayed task waits in the retry topic of its delay tier, like a retry: the
             # worker holds that partition until it is due, and the task topic never blocks.
             hdrs.append((H_ORIGIN_TOPIC, topic.encode()))
             topic = self.retry_topic(topic, self.delay_tier_ms(countdown_s))
-        return OutgoingRecord(message, topic, task_topic, kbytes, value, hdrs,
-                              task.options.partitions if task else None)
+        return OutgoingRecord(message, topic, task_topic, kbytes, value, hdrs, partitions)
 
     def outbox(self, conn: Any, **options: Any) -> Outbox:
         """Enqueue through ``conn``'s open transaction instead of straight to Kafka.
@@ -339,6 +362,33 @@ class App:
         from .results.handles import AsyncResult
 
         return AsyncResult(self, task_id)
+
+    def add_periodic_task(self, name: str, schedule: float | str, task: Any, *, args: Sequence[Any] = (),
+                          kwargs: Mapping[str, Any] | None = None, catch_up: bool = False, tz: str = "UTC",
+                          topic: str | None = None) -> PeriodicEntry:
+        """Declare a periodic task: ``task`` (a task or its name) with ``args``/``kwargs`` on ``schedule``.
+
+        ``schedule``: seconds (slots at whole multiples since the epoch) or a
+        cron string in time zone ``tz``. Exactly one runner fires each slot,
+        whatever the number of ``ktasks worker --beat`` and ``ktasks beat``
+        processes. ``catch_up``: a slot missed while no runner ran fires once on
+        recovery (True) or not at all (False). See docs/scheduling.md.
+        """
+        from .schedule.periodic import add_periodic_task
+
+        return add_periodic_task(self, name, schedule, task, args=args, kwargs=kwargs, catch_up=catch_up, tz=tz,
+                                 topic=topic)
+
+    def revoke(self, *task_ids: str, timeout_s: float | None = None) -> list[str]:
+        """Revoke tasks by id: one that has not started will not run (ledger state ``revoked``).
+
+        Works for queued tasks, countdowns and ETAs of any length, and for
+        tasks not yet enqueued. Blocks until Kafka stored the revocations;
+        see docs/scheduling.md.
+        """
+        from .schedule.revoke import revoke
+
+        return revoke(self, task_ids, timeout_s=timeout_s)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent from this process was acknowledged."""

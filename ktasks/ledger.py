@@ -76,10 +76,12 @@ __all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "T
            "check_ledger"]
 
 STARTED, SUCCEEDED, FAILED, POISONED = "started", "succeeded", "failed", "poisoned"
+#: Never ran: revoked (``app.revoke``) or past its ``expires`` when a worker took it (see :meth:`Ledger.not_run`).
+REVOKED, EXPIRED = "revoked", "expired"
 #: Every state, in the order tools show them.
-STATES = (STARTED, SUCCEEDED, FAILED, POISONED)
+STATES = (STARTED, SUCCEEDED, FAILED, POISONED, REVOKED, EXPIRED)
 #: States that end an execution: prunable once old enough.
-FINISHED_STATES = (SUCCEEDED, FAILED, POISONED)
+FINISHED_STATES = (SUCCEEDED, FAILED, POISONED, REVOKED, EXPIRED)
 
 _HOST = socket.gethostname()
 
@@ -116,6 +118,14 @@ _FAILED = (
     # A success is final: a failure reported after it (an exception such as a soft time
     # limit landing just after the commit, or a duplicate run losing) must not undo it,
     # or the key would run again.
+    f"WHERE state != '{SUCCEEDED}'"
+)
+# A record a worker took and did not run (revoked, expired). Never over a success: the
+# key ran, and the ledger's word on that is what keeps it from running again.
+_NOT_RUN = (
+    f"INSERT INTO {TABLE} (key, task, state, finished_at, note, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(key, task) DO UPDATE SET state = excluded.state, starts = 0, "
+    "finished_at = excluded.finished_at, note = excluded.note, updated_at = excluded.updated_at "
     f"WHERE state != '{SUCCEEDED}'"
 )
 # Marks a key poison when begin() decides so: a redelivery of the same record is
@@ -543,6 +553,26 @@ class Ledger:
             message = repr(exc)
         now = time.time()
         self._buffer((key, task), _FAILED, (key, task, now, exception_name(exc), message, tb, now))
+
+    def not_run(self, key: str, *, task: str, state: str, note: str | None = None) -> None:
+        """Record that ``task``'s execution ``key`` was taken and not run: ``state`` is ``revoked`` or ``expired``.
+
+        Written at once (not buffered): the worker commits the record's offset
+        right after, and the ledger is the only trace that it was not run. A
+        key recorded as succeeded keeps that state.
+        """
+        self._check_usable("not_run")
+        self._ensure_idle()
+        if state not in (REVOKED, EXPIRED):
+            raise LedgerError(f"ledger: not_run state must be {REVOKED!r} or {EXPIRED!r}, got {state!r}")
+        now = time.time()
+        try:
+            with immediate(self._conn):
+                self._write_pending()
+                self._conn.execute(_NOT_RUN, (key, task, state, now, note, now))
+        except sqlite3.Error as exc:
+            raise ledger_error(f"not_run({key!r})", exc) from exc
+        self._clear_pending()
 
     def _buffer(self, ident: tuple[str, str], sql: str, params: tuple[Any, ...]) -> None:
         self._pending.append((sql, params))

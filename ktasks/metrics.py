@@ -57,8 +57,9 @@ METRICS: tuple[MetricDef, ...] = (
     _m("ktasks_tasks_finished_total", "counter", ("task", "outcome"),
        "Records the worker is done with, by task and outcome: `succeeded`, `skipped` (the ledger had it "
        "done), `retried`, `failed` (no retry left: dead-lettered), `dead_lettered` (never ran: "
-       "undecodable, unregistered or poison), `expired` (reached a worker after its `expires` time: "
-       "dead-lettered unrun), `revoked` (reserved: ktasks has no revoke command yet). Each record counts once. `task` is "
+       "undecodable, unregistered or poison), `expired` (not started by its `expires` time: "
+       "not run, ledger state `expired`), `revoked` (revoked before it started: not run, ledger state "
+       "`revoked`). Each record counts once. `task` is "
        "`(undecodable)` or `(unregistered)` for records naming no registered task.", "event"),
     _m("ktasks_task_run_time_seconds", "histogram", ("task",),
        "How long the task function ran, for tasks a child ran (succeeded, retried, failed).", "event"),
@@ -66,7 +67,7 @@ METRICS: tuple[MetricDef, ...] = (
        "From enqueue (or, for a retry or countdown, from when it was due) to its start in a child.", "event"),
     _m("ktasks_dead_letters_total", "counter", ("reason",),
        "Records sent to a dead-letter topic, by reason (`not-retriable`, `retries-exhausted`, "
-       "`worker-lost`, `time-limit`, `poison`, `undecodable`, `unregistered`, `expired`).", "event"),
+       "`worker-lost`, `time-limit`, `poison`, `undecodable`, `unregistered`).", "event"),
     _m("ktasks_commits_total", "counter", (), "Offset commits that succeeded.", "event"),
     _m("ktasks_commit_failures_total", "counter", (),
        "Offset commits that failed (rejected during a rebalance, or a Kafka error).", "event"),

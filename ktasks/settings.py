@@ -212,6 +212,15 @@ _add("retry_jitter", bool, True, "Randomise retry delays (full jitter) to spread
 _add("retry_tiers_ms", list, [1000, 10000, 60000, 600000], "Delay tiers: one retry topic each; a retry "
      "goes to the largest tier not above its delay.", G)
 
+# -- scheduling ------------------------------------------------------------------
+G = "Scheduling"
+_add("revoke_retention_s", int, 7 * 24 * 3600, "A revocation (`app.revoke`, `ktasks revoke`) is kept and honoured "
+     "this long; the revocations topic deletes older ones.", G)
+_add("scheduled_partitions", int, 4, "Partitions of the scheduled-tasks topic (`<app>.scheduled`) when ktasks "
+     "creates it: ETAs beyond the largest delay tier are spread over the workers by these.", G)
+_add("beat_interval_ms", int, 200, "How often the beat owner and the ETA scheduler look for what is due; the "
+     "worst lateness of a periodic fire or a long ETA beside the time to publish it.", G)
+
 # -- monitoring ------------------------------------------------------------------
 G = "Monitoring"
 _add("metrics_port", int, None, "Serve Prometheus metrics at `http://<metrics_host>:<port>/metrics` from the "

@@ -198,6 +198,10 @@ class SendHandle:
             raise translate_send_error(exc, self._app.settings) from exc
         return SentRecord(md.topic, md.partition, md.offset)
 
+    def revoke(self) -> None:
+        """Revoke this task: if it has not started, it will not run (see ``App.revoke``)."""
+        self._app.revoke(self.id)
+
     @property
     def sent(self) -> bool:
         return bool(self._future.is_done and self._future.succeeded())
@@ -356,9 +360,10 @@ class Task(Generic[P, R]):
         execution in the ledger (default: the task id): a key that already
         succeeded for this task never runs it again; other tasks given the same
         key are not affected. ``countdown_s`` delays the first run; ``eta`` (a
-        timezone-aware datetime) gives its time instead. ``expires`` (seconds
-        from now, a timedelta or an aware datetime): a task that reaches a
-        worker later is not run but dead-lettered with reason ``expired``.
+        timezone-aware datetime) gives its time instead, however far ahead
+        (docs/scheduling.md). ``expires_s`` (seconds from now), or
+        ``expires`` (seconds, a timedelta or an aware datetime): a task not
+        started by then is not run, and the ledger records it as ``expired``.
         Celery's names (``countdown``, ``queue``, ...) are accepted; see
         docs/celery.md.
         """

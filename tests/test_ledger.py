@@ -718,7 +718,8 @@ def test_stats(path: Path, ledger: Ledger) -> None:
     ledger.failed("c", RuntimeError(), task="t")
     figures = ledger.stats()
     assert figures["total"] == 3
-    assert figures["by_state"] == {"started": 1, "succeeded": 1, "failed": 1, "poisoned": 0}
+    assert figures["by_state"] == {"started": 1, "succeeded": 1, "failed": 1, "poisoned": 0, "revoked": 0,
+                                   "expired": 0}
     assert figures["size_bytes"] > 0 and figures["schema_version"] == SCHEMA_VERSION
     assert figures["oldest_entry_at"] is not None and figures["oldest_entry_at"] <= time.time()
     assert figures["most_unfinished_starts"] == 2
@@ -733,3 +734,18 @@ def test_closed_ledger(path: Path) -> None:
     assert _state(path, "a") == ("succeeded", 0, 1)
     with pytest.raises(LedgerError, match="closed"):
         led.begin("b", "t", 0, 3)
+
+
+def test_not_run_records_revoked_and_expired_but_never_over_a_success(ledger: Ledger) -> None:
+    ledger.not_run("k1", task="t", state="revoked", note="revoked at X")
+    entry = ledger.get("k1", task="t")
+    assert entry is not None and entry.state == "revoked" and entry.note == "revoked at X" and entry.finished
+    assert ledger.begin("k2", "t", 0, 3).run
+    ledger.not_run("k2", task="t", state="expired")
+    assert ledger.get("k2", task="t").state == "expired"    # type: ignore[union-attr]
+    ledger.succeeded("k3", 1, 0.1, task="t")
+    ledger.flush()
+    ledger.not_run("k3", task="t", state="revoked")
+    assert ledger.get("k3", task="t").state == "succeeded"  # type: ignore[union-attr]
+    with pytest.raises(LedgerError, match="not_run state"):
+        ledger.not_run("k4", task="t", state="failed")

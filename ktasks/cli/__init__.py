@@ -15,7 +15,8 @@ import click
 logger = logging.getLogger(__name__)
 
 # Modules that define one click command or group each, named like the command.
-_COMMAND_MODULES = ("dev", "topics", "worker", "ledger", "dlq", "inspect", "dashboard", "relay")
+_COMMAND_MODULES = ("dev", "topics", "worker", "ledger", "dlq", "inspect", "dashboard", "relay", "revoke",
+                    "beat")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

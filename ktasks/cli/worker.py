@@ -80,6 +80,9 @@ def _source_root(app_spec: str) -> Path:
 @click.option("--reload", "reload_", is_flag=True,
               help="Development: restart warmly when a .py file under the app's folder changes; code that "
                    "does not compile or fails at import is reported and the running worker kept.")
+@click.option("--beat", "beat", is_flag=True,
+              help="Also run the app's periodic tasks (app.add_periodic_task). Any number of workers may: "
+                   "exactly one fires, another takes over if it dies.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Serve Prometheus metrics at http://<metrics_host>:PORT/metrics (setting metrics_port; "
                    "metrics_host defaults to 127.0.0.1).")
@@ -87,7 +90,7 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
            group_instance_id: str | None, async_concurrency: int | None, max_tasks_per_child: int | None,
            ledger_path: str | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
-           relay_dsn: str | None, reload_: bool, metrics_port: int | None) -> None:
+           relay_dsn: str | None, reload_: bool, metrics_port: int | None, beat: bool) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
 
     Exit codes: 0 after a warm shutdown (SIGTERM/SIGINT: finish in-flight
@@ -118,6 +121,10 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         ctx = click.get_current_context()
         if ctx.get_parameter_source("loglevel") == click.core.ParameterSource.DEFAULT:
             child_loglevel = "WARNING"
+    if beat:
+        from ..schedule.beat import BeatMiddleware
+
+        app.add_middleware(BeatMiddleware())
     overrides: dict[str, object] = {}
     if group_instance_id:
         overrides["group_instance_id"] = group_instance_id

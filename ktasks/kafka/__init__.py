@@ -44,6 +44,7 @@ with warnings.catch_warnings():
     from .clients import (
         ConfigResource,
         ConfigResourceType,
+        ConsumerRebalanceListener,
         FutureRecordMetadata,
         KafkaAdminClient,
         KafkaConsumer,
@@ -58,5 +59,5 @@ with warnings.catch_warnings():
 
 __all__ = [
     "ConfigResource", "ConfigResourceType", "FutureRecordMetadata", "KafkaAdminClient", "KafkaConsumer",
-    "KafkaProducer", "OffsetAndMetadata", "OffsetSpec", "TopicPartition", "client_config", "murmur2", "reader",
+    "KafkaProducer", "OffsetAndMetadata", "OffsetSpec", "TopicPartition", "client_config", "murmur2", "reader", "ConsumerRebalanceListener",
 ]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, OffsetSpec
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.partitioner.default import murmur2
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigResource", "ConfigResourceType", "FutureRecordMetadata", "KafkaAdminClient", "KafkaConsumer",
     "KafkaProducer", "OffsetAndMetadata", "OffsetSpec", "TopicPartition", "Client", "accepted_options",
-    "check_kafka_options", "client_config", "connecting", "murmur2", "reader",
+    "check_kafka_options", "client_config", "connecting", "murmur2", "reader", "ConsumerRebalanceListener",
 ]
 
 #: The kinds of kafka-python client ktasks builds.

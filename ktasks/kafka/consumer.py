@@ -62,6 +62,9 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_interval_ms=settings.max_poll_interval_ms,
+        # ETAs and periodic tasks are enqueued in transactions (ktasks.schedule): an aborted
+        # one must never run.
+        isolation_level="read_committed",
         # Take everything the fetcher has buffered on every poll. kafka-python 3.0.12 parks
         # the unreturned rest of a partition's batch when that partition is paused, and
         # never restores it once another partition's batch is drained (the restore checks

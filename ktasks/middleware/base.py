@@ -44,8 +44,8 @@ __all__ = ["Middleware", "MiddlewareStack", "TaskEvent", "OUTCOMES", "Intake", "
 #: What can become of a record the worker took, one per record (see :class:`TaskEvent`):
 #: ``succeeded``; ``skipped`` (the ledger had it done); ``retried`` (failed, republished to a retry
 #: topic); ``failed`` (raised, or its child died, with no retry left: dead-lettered);
-#: ``dead_lettered`` (never ran: undecodable, unregistered, or a poison message); ``expired`` (reached
-#: a worker after its ``expires`` time: dead-lettered unrun); ``revoked`` (reserved: no revoke command yet).
+#: ``dead_lettered`` (never ran: undecodable, unregistered, or a poison message); ``expired`` (not started
+#: by its ``expires`` time: not run); ``revoked`` (revoked before it started: not run). See docs/scheduling.md.
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered", "skipped", "revoked", "expired")
 _NEVER_RAN = ("dead_lettered", "revoked", "expired")    # no enqueue-to-start time for these
 

@@ -48,6 +48,6 @@ def job_wire(job: Job) -> list[Any]:
 def outcome_of(result: list[Any]) -> str:
     """The outcome middleware sees for a child's ``result``."""
     status = result[1]
-    if status == DEAD and result[3] == "expired":
+    if status in (SKIP, DEAD) and result[3] == "expired":
         return "expired"
     return OUTCOME.get(status, status)
