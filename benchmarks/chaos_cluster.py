@@ -45,7 +45,8 @@ class ClusterChaosConfig:
     hosts: int = 0
     concurrency: int = 2
     partitions: int = 6
-    enqueue_s: float = 100.0          # the producer spreads the n tasks over this long
+    enqueue_s: float = 240.0          # the producer spreads the n tasks over this long: past the
+                                      # third restart (a node took 50 to 100 s to start on 2 cores)
     first_kill_s: float = 10.0        # after the enqueueing starts
     down_s: float = 15.0              # each killed node stays down this long
     gap_s: float = 12.0               # between a restart and the next kill
@@ -173,9 +174,10 @@ def _longest_gap(stamps: list[float], kills: list[Kill], t_start: float) -> tupl
     for a, b in zip(stamps, stamps[1:]):
         if b - a > best:
             best, at = b - a, a - t_start
-            before = [k for k in kills if k.at_s <= at + 1.0]
-            where = (f"from {at:.0f} s, {at - before[-1].at_s:.0f} s after the {before[-1].kind} kill"
-                     if before else f"from {at:.0f} s, before any kill")
+            before = [k for k in kills if k.at_s <= b - t_start]
+            k = before[-1] if before else None
+            where = (f"from {at:.0f} s; the last kill before its end: {k.kind} at {k.at_s:.0f} s, node back at "
+                     f"{k.at_s + k.back_after_s:.0f} s" if k else f"from {at:.0f} s, before any kill")
     return best, where
 
 
