@@ -12,6 +12,7 @@ import signal
 from collections import Counter
 from typing import Any
 
+from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
 from tests.fixtures.worker import wait_effects
@@ -41,9 +42,19 @@ def key_for_partition(partition: int, partitions: int) -> str:
     raise AssertionError("no key found")
 
 
+def describe(admin: Any, group: str) -> dict[str, Any]:
+    """The group's description; empty while a fresh broker's group coordinator is still loading."""
+    try:
+        return dict(admin.describe_groups([group])[group])
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        return {}
+
+
 def owners(admin: Any, group: str, topic: str) -> dict[int, int]:
     """Task partition -> pid of the worker that owns it now, from the group's description."""
-    described = admin.describe_groups([group])[group]
+    described = describe(admin, group)
     if described.get("group_state") != "Stable":
         return {}
     found: dict[int, int] = {}
@@ -57,7 +68,7 @@ def owners(admin: Any, group: str, topic: str) -> dict[int, int]:
 
 
 def members(admin: Any, group: str) -> int:
-    described = admin.describe_groups([group])[group]
+    described = describe(admin, group)
     return len(described.get("members") or []) if described.get("group_state") == "Stable" else 0
 
 
