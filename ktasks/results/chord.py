@@ -199,6 +199,10 @@ class ChordJoiner:
                 if consumer is None:
                     self.app.ensure_topics([self.topic])
                     consumer = self._consumer()
+                    # Subscribe only once the topic's partitions are in this consumer's metadata: a
+                    # group assigned before then gets nothing until the next metadata refresh (5 min).
+                    while not consumer.partitions_for_topic(self.topic) and not self._stop.wait(0.2):
+                        pass
                     consumer.subscribe([self.topic])
                 self._step(consumer)
             except Exception:   # noqa: BLE001 - a dead joiner would leave every chord of its partitions hanging
