@@ -40,6 +40,7 @@ from .errors import (
     TaskExpired,
     TaskFailed,
     TaskNotRegistered,
+    TaskRevoked,
     TimeLimitExceeded,
     TopicError,
     UnsupportedOption,
@@ -61,7 +62,7 @@ __all__ = [
     "KtasksError", "ConfigurationError", "TaskNotRegistered", "EncodeError", "DecodeError",
     "MessageTooLarge", "EnqueueError", "AuthenticationFailed", "BrokerUnavailable", "TopicError", "WorkerError", "CommitError",
     "TaskError", "Retry", "SoftTimeLimitExceeded", "TimeLimitExceeded", "WorkerLost", "PoisonMessage",
-    "TaskExpired", "TaskCancelled", "UnsupportedOption", "LedgerError", "Rejected",
+    "TaskExpired", "TaskRevoked", "TaskCancelled", "UnsupportedOption", "LedgerError", "Rejected",
 ]
 
 __version__ = "0.1.0"

@@ -115,7 +115,11 @@ class TaskCancelled(TaskError):
 
 
 class TaskExpired(TaskError):
-    """A task reached a worker after its ``expires`` time; it is dead-lettered with reason ``expired``."""
+    """A task was not started by its ``expires`` time: not run, recorded as ``expired`` (``get()`` raises it)."""
+
+
+class TaskRevoked(TaskError):
+    """A task was revoked before it started: not run, recorded as ``revoked`` (``get()`` raises it)."""
 
 
 class Rejected(TaskError):

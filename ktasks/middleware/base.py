@@ -232,6 +232,13 @@ class Middleware:
     def on_retry(self, message: Message, delay_s: float, exc: BaseException | None) -> None:
         """Called in the worker parent when a failed task is scheduled again."""
 
+    def task_not_run(self, message: Message, outcome: str, reason: str | None) -> None:
+        """Called in the worker parent when a task will never run: ``outcome`` is ``revoked`` or ``expired``.
+
+        Such records are not dead-lettered (see docs/scheduling.md); this is the place to
+        tell whoever waits for them (results).
+        """
+
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         """Called in the worker parent when a record goes to the dead-letter topic."""
 

@@ -106,6 +106,11 @@ class ResultsMiddleware(Middleware):
             self._wait(pending, "result")
 
     # -- worker parent ----------------------------------------------------------
+    def task_not_run(self, message: Message, outcome: str, reason: str | None) -> None:
+        kind = "ktasks.errors.TaskRevoked" if outcome == "revoked" else "ktasks.errors.TaskExpired"
+        self.publish(message, failure_of(self.app, message.id, message.task, kind,
+                                         f"{outcome} before it ran{f' ({reason})' if reason else ''}", "", outcome))
+
     def on_dead_letter(self, message: Message | None, reason: str) -> None:
         if message is None or reason in _PUBLISHED_BY_CHILD:
             return

@@ -39,6 +39,10 @@ class Stats:
     started_at: float = field(default_factory=time.monotonic)
 
 
+#: Outcomes of tasks that will never run, and are not dead-lettered either.
+NOT_RUN = ("revoked", "expired")
+
+
 class Outcomes:
     """Ends jobs. ``release(job)`` puts the next job of a finished job's key at the front of the ready queue."""
 
@@ -102,6 +106,8 @@ class Outcomes:
     def report(self, job: Job, outcome: str, run_time_s: float | None = None, *, started: bool = True,
                reason: str | None = None) -> None:
         """Tell middleware (metrics, reports) what became of a record; see ktasks.middleware.TaskEvent."""
+        if outcome in NOT_RUN and job.message is not None and self.app.middleware.has("task_not_run"):
+            self.app.middleware.after("task_not_run", job.message, outcome, reason)
         if self.app.middleware.has("task_finished"):
             name = job.task.name if job.task is not None else \
                 "(undecodable)" if job.message is None else "(unregistered)"

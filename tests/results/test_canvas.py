@@ -71,7 +71,7 @@ def test_a_failing_member_fails_the_chord_and_a_failing_step_the_chain(running: 
     m = p.app_module
     with pytest.raises(TaskFailed) as caught:
         chord(group(m.add.s(1, 1), m.fail.s(7), m.add.s(2, 2)), m.total.s()).delay().get(timeout=90)
-    assert caught.value.remote_type == "builtins.KeyError"
+    assert caught.value.remote_type == "KeyError"
     assert caught.value.task_name.endswith(".fail") and "chord member 1" in str(caught.value)
     with pytest.raises(TaskFailed, match="chain step"):
         chain(m.add.s(1, 2), m.fail.s(), m.add.s(1)).delay().get(timeout=90)

@@ -35,7 +35,7 @@ def test_get_and_task_failed_as_from_a_worker() -> None:
     failed = boom.delay(4)
     with pytest.raises(TaskFailed) as caught:
         failed.get()
-    assert caught.value.remote_type == "builtins.ValueError"
+    assert caught.value.remote_type == "ValueError"
     assert caught.value.remote_message == "bad 4"
     assert "raise ValueError" in caught.value.remote_traceback
     assert failed.attempts == 2, "the retry ran first; only the final failure is the result"

@@ -90,7 +90,7 @@ def test_a_forked_child_gets_its_own_results(proj: Any) -> None:
             os._exit(code)
     os.close(write)
     _, status = os.waitpid(pid, 0)
-    assert os.read(read, 200).decode() == "42 builtins.ValueError"
+    assert os.read(read, 200).decode() == "42 ValueError"
     assert os.waitstatus_to_exitcode(status) == 0
 
 
@@ -118,7 +118,7 @@ except TimeoutError:
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:3] == ["10", "builtins.ValueError bad input: elsewhere", "timeout"]
+    assert out.stdout.split("\n")[:3] == ["10", "ValueError bad input: elsewhere", "timeout"]
 
 
 def test_results_expire(project: Any) -> None:
@@ -138,7 +138,7 @@ def test_results_expire(project: Any) -> None:
         w.stop()
 
 
-def test_a_task_dead_lettered_without_running_fails_its_get(project: Any) -> None:
+def test_a_task_expired_before_it_ran_fails_its_get(project: Any) -> None:
     p = project(SOURCE)
     handle = p.app_module.add.apply_async((1, 2), expires=1)
     sent = time.time()
@@ -151,5 +151,19 @@ def test_a_task_dead_lettered_without_running_fails_its_get(project: Any) -> Non
         assert caught.value.reason == "expired"
         with pytest.raises(TaskFailed):
             p.app.result(handle.id).get(timeout=30)
+    finally:
+        w.stop()
+
+
+def test_a_task_revoked_before_it_ran_fails_its_get(project: Any) -> None:
+    p = project(SOURCE)
+    handle = p.app_module.add.delay(1, 2)
+    handle.revoke()
+    w = p.worker("-c", "1")
+    try:
+        with pytest.raises(TaskFailed) as caught:
+            handle.get(timeout=90)
+        assert caught.value.remote_type == "ktasks.errors.TaskRevoked"
+        assert caught.value.reason == "revoked"
     finally:
         w.stop()
