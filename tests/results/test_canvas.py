@@ -93,8 +93,11 @@ def test_the_callback_runs_exactly_once_when_the_join_owner_is_killed_mid_chord(
     m = p.app_module
     for _ in range(2):
         p.worker("-c", "2")
-    wait_until(lambda: len(_owners(p)) == 2 and all(_owners(p).values()), 90,
-               message="both workers own a chord partition")
+    def settled() -> bool:
+        owned = list(_owners(p).values())
+        return len(owned) == 2 and all(owned) and owned[0].isdisjoint(owned[1]) and owned[0] | owned[1] == {0, 1}
+
+    wait_until(settled, 90, message="each worker owns one chord partition")
     c = chord(group(*[m.slow_square.s(i) for i in range(20)]), m.total.s())
     handle = c.delay()
     from ktasks.results.records import partition_for
