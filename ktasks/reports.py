@@ -185,8 +185,8 @@ class Reporter(Middleware):
                                "committed": ps.tracker.committed, "lag": partition_lag(w.consumer, ps),
                                "paused": ps.paused})
         return {
-            "format": REPORT_FORMAT, "member": f"{w.host}:{w._pid}:{int(self._started_at)}",
-            "app": w.app.name, "group": w.group_id, "host": w.host, "pid": w._pid, "version": ktasks_version(),
+            "format": REPORT_FORMAT, "member": f"{w.host}:{w.pid}:{int(self._started_at)}",
+            "app": w.app.name, "group": w.group_id, "host": w.host, "pid": w.pid, "version": ktasks_version(),
             "state": state, "started_at": self._started_at, "sent_at": now, "interval_s": self.interval_s,
             "concurrency": w.concurrency, "topics": list(w.topics), "partitions": partitions,
             "counts": counts, "by_task": by_task, "rates": rates,

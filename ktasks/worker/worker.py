@@ -73,6 +73,7 @@ class Worker:
         self.topics = list(topics) if topics else app.task_topics()
         self.burst = burst
         self.host = socket.gethostname()
+        self.pid = os.getpid()    # the parent's, as worker reports name it
         self._retry_topics = {rt: t for t in self.topics for rt in app.retry_topics(t)}
         # Delay of each delay-tier topic, in seconds: the longest it may hold its partition.
         tier_s = {app.retry_topic(t, ms): ms / 1000.0 for t in self.topics for ms in app.settings.retry_tiers_ms}
