@@ -230,7 +230,9 @@ def test_a_deleted_task_topic_stops_the_worker_with_an_error_when_auto_creation_
         def note(n):
             effect("note", n=n)
     """, partitions=1, auto_create_topics=False)
-    for topic in [p.topic, p.topic + ".DLT"] + p.app.retry_topics(p.topic):
+    from ktasks.ledger_changelog import changelog_topic
+
+    for topic in [p.topic, p.topic + ".DLT", changelog_topic(p.app.settings, p.topic)] + p.app.retry_topics(p.topic):
         create_topic(kafka_admin, topic)
     w = p.worker("-c", "1")
     w.wait_assigned()
