@@ -71,6 +71,7 @@ class ChaosConfig:
     prefetch_per_partition: int = 1000    # the default
     warm_start: bool = True               # workers join the group before the tasks are enqueued
     stall_s: float = 60.0                 # give up when no task finished for this long
+    hosts: bool = False                   # each worker a host: a ledger file and working directory of its own
 
 
 @dataclass
@@ -119,11 +120,18 @@ class ChaosResult:
         if self.plain_missing or self.tx_missing:
             out.append(f"lost: {len(self.plain_missing)} plain effects (e.g. {self.plain_missing[:10]}), "
                        f"{len(self.tx_missing)} ledger-transaction effects (e.g. {self.tx_missing[:10]})")
-        if self.tx_duplicates:
-            out.append(f"{self.tx_duplicates} duplicated ledger-transaction effects (must be 0)")
-        if self.plain_duplicates > self.in_flight_bound:
-            out.append(f"{self.plain_duplicates} duplicated plain effects, more than the {self.in_flight_bound} "
-                       "tasks in flight at the kills")
+        if self.config.hosts:
+            # A ledger transaction commits on one host; the next owner, on another host, sees it
+            # only once its changelog record is acknowledged: both kinds count against the bound.
+            if self.plain_duplicates + self.tx_duplicates > self.in_flight_bound:
+                out.append(f"{self.plain_duplicates} plain + {self.tx_duplicates} ledger-transaction duplicates, "
+                           f"more than the {self.in_flight_bound} tasks in flight at the kills")
+        else:
+            if self.tx_duplicates:
+                out.append(f"{self.tx_duplicates} duplicated ledger-transaction effects (must be 0)")
+            if self.plain_duplicates > self.in_flight_bound:
+                out.append(f"{self.plain_duplicates} duplicated plain effects, more than the "
+                           f"{self.in_flight_bound} tasks in flight at the kills")
         if not self.finished:
             out.append(f"no task finished for {self.config.stall_s:.0f} s" if self.stalled
                        else f"not finished within {self.config.deadline_s:.0f} s")
@@ -134,7 +142,8 @@ class ChaosResult:
         kinds = Counter(e.kind for e in self.events)
         lines = [
             f"tasks: {c.n} ({self.plain_expected} plain, {self.tx_expected} in the ledger transaction), "
-            f"{c.workers} workers × -c {c.concurrency}, {c.partitions} partitions",
+            f"{c.workers} workers × -c {c.concurrency}, {c.partitions} partitions, "
+            + ("a ledger file per worker (separate hosts)" if c.hosts else "one shared ledger file"),
             f"chaos: {kinds['kill-worker']} worker kill -9, {kinds['kill-child']} child kill -9, "
             f"{kinds['broker-restart']} broker restart(s) "
             + ", ".join(f"{e.kind}@{e.done_before}" + (f" ({e.duration_s:.1f} s)" if e.duration_s else "")
@@ -193,8 +202,17 @@ class Fleet:
         self._rebalance_seen = time.monotonic()
 
     def _place(self, slot: int) -> tuple[Path, dict[str, str]]:
-        """Working directory and environment of the worker in ``slot`` (all alike: one host)."""
-        return ROOT, self.env
+        """Working directory and environment of the worker in ``slot``.
+
+        With ``hosts``, each slot stands for a host: a working directory and a
+        ledger file of its own, kept across the worker's restarts. Otherwise all
+        are alike: one host.
+        """
+        if not self.config.hosts:
+            return ROOT, self.env
+        host_dir = self.workdir / f"host-{slot}"
+        host_dir.mkdir(exist_ok=True)
+        return host_dir, dict(self.env, KTASKS_LEDGER_PATH=str(host_dir / "ledger.sqlite3"))
 
     def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
         self.started += 1
@@ -296,11 +314,11 @@ class Progress:
 
 
 class Effects:
-    """Reads the effect tables back (the plain file, and the ledger file's table)."""
+    """Reads the effect tables back: the plain file, and the table in every ledger file (one per host)."""
 
-    def __init__(self, plain_db: Path, ledger_db: Path) -> None:
+    def __init__(self, plain_db: Path, ledger_dbs: list[Path]) -> None:
         self.plain_db = plain_db
-        self.ledger_db = ledger_db
+        self.ledger_dbs = ledger_dbs
 
     @staticmethod
     def _rows(path: Path, table: str, what: str) -> list[tuple[Any, ...]]:
@@ -319,14 +337,26 @@ class Effects:
     def done(self) -> int:
         """Tasks with at least one effect."""
         plain = self._rows(self.plain_db, PLAIN_TABLE, "count(DISTINCT n)")
-        tx = self._rows(self.ledger_db, TX_TABLE, "count(DISTINCT n)")
-        return (plain[0][0] if plain else 0) + (tx[0][0] if tx else 0)
+        return (plain[0][0] if plain else 0) + len({n for n, _, _ in self.tx()})
 
     def plain(self) -> list[tuple[int, int, float]]:
         return [tuple(r) for r in self._rows(self.plain_db, PLAIN_TABLE, "n, pid, ts")]  # type: ignore[misc]
 
     def tx(self) -> list[tuple[int, int, float]]:
-        return [tuple(r) for r in self._rows(self.ledger_db, TX_TABLE, "n, pid, ts")]  # type: ignore[misc]
+        return [tuple(r) for db in self.ledger_dbs  # type: ignore[misc]
+                for r in self._rows(db, TX_TABLE, "n, pid, ts")]
+
+
+def ledger_files(workdir: Path, hosts: int) -> list[Path]:
+    """The ledger file of each host (``hosts`` 0: one file all workers share), created with its schema."""
+    from ktasks.ledger import Ledger
+
+    paths = ([workdir / f"host-{i}" / "ledger.sqlite3" for i in range(hosts)] if hosts
+             else [workdir / "ledger.sqlite3"])
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        Ledger(path).close()   # the schema exists before the workers race to create it
+    return paths
 
 
 @contextlib.contextmanager
@@ -396,24 +426,23 @@ def run(config: ChaosConfig, workdir: Path, bootstrap: str | None = None,
         log: Callable[[str], None] = print) -> ChaosResult:
     """Run the chaos scenario in ``workdir`` (kept: logs and databases stay there for inspection)."""
     from ktasks import App
-    from ktasks.ledger import Ledger
 
     started = time.monotonic()
     rng = random.Random(config.seed)
     result = ChaosResult(config, workdir=str(workdir))
     tag = uuid.uuid4().hex[:8]
     topic, group = f"chaos-{tag}", f"chaos-{tag}-group"
-    plain_db, ledger_db = workdir / "effects.sqlite3", workdir / "ledger.sqlite3"
+    plain_db = workdir / "effects.sqlite3"
     con = sqlite3.connect(plain_db, isolation_level=None)
     con.execute("PRAGMA journal_mode = WAL")
     con.execute(f"CREATE TABLE IF NOT EXISTS {PLAIN_TABLE} (n INTEGER, pid INTEGER, ts REAL)")
     con.close()
-    Ledger(ledger_db).close()   # create the ledger file (schema) before the workers race to
-    effects = Effects(plain_db, ledger_db)
+    ledgers = ledger_files(workdir, config.workers if config.hosts else 0)
+    effects = Effects(plain_db, ledgers)
     with _broker(bootstrap, workdir, config.broker_restart) as (servers, broker):
         settings: dict[str, Any] = {
             "bootstrap_servers": servers, "default_topic": topic, "group_id": group,
-            "partitions": config.partitions, "ledger_path": str(ledger_db),
+            "partitions": config.partitions, "ledger_path": str(ledgers[0]),
             "session_timeout_ms": config.session_timeout_ms, "heartbeat_interval_ms": config.heartbeat_interval_ms,
             "retry_backoff_ms": 200, "retry_tiers_ms": [200, 1000, 5000],
             "prefetch_per_partition": config.prefetch_per_partition,
@@ -513,6 +542,11 @@ def _count(result: ChaosResult, effects: Effects, config: ChaosConfig) -> None:
         event.duplicates = sum(by_pid.get(pid, 0) for pid in event.pids)
 
 
+def section_title(config: ChaosConfig) -> str:
+    """The docs section of a run: the shared-ledger run and the one with hosts each have theirs."""
+    return SECTION + (f" ({config.workers} hosts)" if config.hosts else "")
+
+
 def render(result: ChaosResult, command: str) -> str:
     """The docs section for one run."""
     c = result.config
@@ -523,11 +557,14 @@ def render(result: ChaosResult, command: str) -> str:
         + (f"{e.duplicates}" if e.kind != "broker-restart" else f"down and up in {e.duration_s:.1f} s")
         + " |" for e in result.events)
     return (
-        f"## {SECTION}\n\n"
+        f"## {section_title(c)}\n\n"
         f"{c.n:,} tasks: {result.plain_expected:,} plain ones (sleep 0–{c.plain_sleep_ms:g} ms, then an INSERT "
         f"into a separate SQLite file, outside the ledger) and {result.tx_expected:,} that INSERT through "
         "`ctx.ledger` (`ledger_transaction=True`: the write commits with the success record). "
-        f"{c.workers} workers with `-c {c.concurrency}` on {c.partitions} partitions "
+        f"{c.workers} workers with `-c {c.concurrency}` on {c.partitions} partitions"
+        + (", each with its own ledger file and working directory (separate hosts; `ledger_changelog` on)"
+           if c.hosts else ", sharing one ledger file")
+        + " "
         f"(session {c.session_timeout_ms} ms, `prefetch_per_partition` {c.prefetch_per_partition}); "
         + ("the workers join the group, then all tasks are enqueued"
            if c.warm_start
@@ -591,17 +628,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="3: a 3-node cluster of its own, killing a partition leader, the group coordinator "
                              "and the active controller while tasks are enqueued (benchmarks.chaos_cluster)")
     parser.add_argument("--hosts", type=int, default=0,
-                        help="with --brokers 3: this many workers, each with its own ledger file and working "
-                             "directory (separate hosts)")
+                        help="this many workers (instead of --workers), each with its own ledger file and "
+                             "working directory, as separate hosts")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     parser.add_argument("--write", type=Path, metavar="FILE", help="write the figures into this markdown file")
     args = parser.parse_args(argv)
-    if args.hosts and args.brokers != 3:
-        parser.error("--hosts goes with --brokers 3")
     if args.brokers == 3:
         return _main_cluster(args, argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    config = ChaosConfig(n=args.n or 10_000, workers=args.workers, kills=args.kills, broker_restart=not args.no_broker_restart,
+    config = ChaosConfig(n=args.n or 10_000, workers=args.hosts or args.workers, hosts=bool(args.hosts), kills=args.kills, broker_restart=not args.no_broker_restart,
                          seed=seed, deadline_s=args.deadline, warm_start=not args.cold_start)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -617,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m benchmarks.chaos " + " ".join(sys.argv[1:] if argv is None else argv)
         if "--seed" not in command:
             command += f" (seed {seed})"
-        write_section(args.write, render(result, command), SECTION)
+        write_section(args.write, render(result, command), section_title(config))
         print(f"wrote {args.write}")
     return 0 if not result.problems() else 1
 

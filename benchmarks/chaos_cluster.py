@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import chaos
-from benchmarks.peerapps.chaos_app import PLAIN_TABLE, TX_TABLE
+from benchmarks.peerapps.chaos_app import PLAIN_TABLE
 
 SECTION = "Chaos run on a three-node cluster"
 KILLS = ("partition-leader", "group-coordinator", "active-controller")
@@ -116,31 +116,6 @@ class ClusterChaosResult:
         ])
 
 
-class HostFleet(chaos.Fleet):
-    """Workers standing for separate hosts: a ledger file and a working directory each."""
-
-    def _place(self, slot: int) -> tuple[Path, dict[str, str]]:
-        host_dir = self.workdir / f"host-{slot}"
-        host_dir.mkdir(exist_ok=True)
-        return host_dir, dict(self.env, KTASKS_LEDGER_PATH=str(host_dir / "ledger.sqlite3"))
-
-
-class LedgerEffects(chaos.Effects):
-    """Effects read from the plain file and from every ledger file (one per host)."""
-
-    def __init__(self, plain_db: Path, ledger_dbs: list[Path]) -> None:
-        super().__init__(plain_db, ledger_dbs[0])
-        self.ledger_dbs = ledger_dbs
-
-    def done(self) -> int:
-        plain = self._rows(self.plain_db, PLAIN_TABLE, "count(DISTINCT n)")
-        return (plain[0][0] if plain else 0) + len({r[0] for r in self.tx()})
-
-    def tx(self) -> list[tuple[int, int, float]]:
-        return [tuple(r) for db in self.ledger_dbs
-                for r in self._rows(db, TX_TABLE, "n, pid, ts")]
-
-
 def _victim(cluster: Any, kind: str, topic: str, group: str) -> int | None:
     """The node to kill: a task partition's leader that is neither coordinator nor controller, etc."""
     controller = cluster.active_controller()
@@ -188,7 +163,6 @@ def run(config: ClusterChaosConfig, workdir: Path, log: Callable[[str], None] = 
     from ktasks import App
     from ktasks.dev.cluster import DevCluster, free_port_run
     from ktasks.errors import EnqueueError
-    from ktasks.ledger import Ledger
 
     result = ClusterChaosResult(config)
     failed: set[int] = set()
@@ -200,14 +174,8 @@ def run(config: ClusterChaosConfig, workdir: Path, log: Callable[[str], None] = 
     con.execute("PRAGMA journal_mode = WAL")
     con.execute(f"CREATE TABLE IF NOT EXISTS {PLAIN_TABLE} (n INTEGER, pid INTEGER, ts REAL)")
     con.close()
-    if config.hosts:
-        ledgers = [workdir / f"host-{i}" / "ledger.sqlite3" for i in range(config.hosts)]
-    else:
-        ledgers = [workdir / "ledger.sqlite3"]
-    for path in ledgers:
-        path.parent.mkdir(exist_ok=True)
-        Ledger(path).close()
-    effects = LedgerEffects(plain_db, ledgers)
+    ledgers = chaos.ledger_files(workdir, config.hosts)
+    effects = chaos.Effects(plain_db, ledgers)
     cluster = DevCluster(port=free_port_run(3), size=3, state_dir=workdir / "kafka")
     log(f"starting a 3-node cluster at {cluster.bootstrap}")
     cluster.up(timeout_s=240)
@@ -219,8 +187,9 @@ def run(config: ClusterChaosConfig, workdir: Path, log: Callable[[str], None] = 
             "retry_backoff_ms": 200, "retry_tiers_ms": [200, 1000, 5000],
         }
         env = chaos.worker_env(settings, plain_db)
-        chaos_cfg = chaos.ChaosConfig(workers=config.fleet_size, concurrency=config.concurrency)
-        fleet = (HostFleet if config.hosts else chaos.Fleet)(workdir, env, chaos_cfg)
+        chaos_cfg = chaos.ChaosConfig(workers=config.fleet_size, concurrency=config.concurrency,
+                                      hosts=bool(config.hosts))
+        fleet = chaos.Fleet(workdir, env, chaos_cfg)
         app = App("chaos", **settings)
         handles: list[tuple[int, Any]] = []
         try:

@@ -32,6 +32,18 @@ awaits it (which returns at once) and completes the join with its result,
 exactly as if the poll had been waiting: the member becomes stable and the
 assignment is applied. A finished task that failed is collected the same
 way, and the method's own error handling retries.
+
+A second fault of the same cache: ``join_group_async`` only looks at the
+kept task while ``need_rejoin()`` is true. When a rejoin was started by a
+metadata change (a subscribed topic that appeared or grew: the leader's
+``_assignment_snapshot`` differs from the metadata) and the poll returns
+before the round trip ends, the leader's own ``_perform_assignment``, run
+inside that round trip, sets the snapshot equal to the metadata again. The
+next poll then sees no need to rejoin, never awaits the kept task, and its
+SyncGroup answer is dropped: the member sits in the new generation with its
+old (often empty) assignment, heartbeating successfully, for good. Seen as a
+consumer that never got the partitions of a topic created after it
+subscribed. So while a round trip is kept, a rejoin counts as needed.
 """
 
 from __future__ import annotations
@@ -82,7 +94,8 @@ def collect_finished_joins(consumer: KafkaConsumer) -> bool:
     """
     coordinator = getattr(consumer, "_coordinator", None)
     join = getattr(coordinator, "join_group_async", None)
-    if coordinator is None or join is None or not hasattr(coordinator, "_join_task"):
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    if coordinator is None or join is None or need_rejoin is None or not hasattr(coordinator, "_join_task"):
         logger.warning("kafka-python's group coordinator has no _join_task: join fix not installed")
         return False
 
@@ -94,5 +107,9 @@ def collect_finished_joins(consumer: KafkaConsumer) -> bool:
             coordinator._join_task = _FinishedJoin(task)
         return await join(timeout_ms=timeout_ms)
 
+    def pending_join_or_need_rejoin() -> bool:
+        return coordinator._join_task is not None or need_rejoin()
+
     coordinator.join_group_async = join_group_async
+    coordinator.need_rejoin = pending_join_or_need_rejoin
     return True

@@ -77,3 +77,30 @@ def test_member_joining_a_busy_member_settles_in_one_rebalance(assignor: str, ka
             b_thread.join(timeout=10)
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("assignor", ["balanced", "range"])
+def test_a_busy_member_gets_the_partitions_of_a_topic_created_after_it_subscribed(
+        assignor: str, kafka_bootstrap: str, kafka_admin: Any, unique: Any) -> None:
+    """The rejoin a new topic starts is applied even when no poll waits for its SyncGroup answer.
+
+    kafka-python dropped it: the leader's own assignment made the metadata
+    snapshot current again, so the next poll saw no need to rejoin and never
+    collected the round trip; the member kept its empty assignment for good.
+    """
+    topic, group = unique("late"), unique("group")
+    settings = Settings(bootstrap_servers=kafka_bootstrap, assignor=assignor, session_timeout_ms=6000,
+                        heartbeat_interval_ms=500)
+    consumer = build_consumer(settings, group, "late")
+    try:
+        consumer.subscribe([topic])
+        # Joined, with nothing to own yet: the topic does not exist.
+        wait_until(lambda: consumer.poll(timeout_ms=100) is not None
+                   and consumer.group_metadata().generation_id >= 1, 30, message="joined the group")
+        assert consumer.assignment() == set()
+        create_topic(kafka_admin, topic, partitions=2)
+        # Busy from here on: polls never wait, as the worker's do while tasks run.
+        wait_until(lambda: consumer.poll(timeout_ms=0) is not None and len(consumer.assignment()) == 2, 45,
+                   interval_s=0.01, message="both partitions of the new topic assigned")
+    finally:
+        consumer.close()
