@@ -113,15 +113,32 @@ class Pool:
         return ChildProc(index, proc, parent_conn, state, capacity=self.capacity)
 
     def wait_ready(self, timeout_s: float) -> None:
+        """Wait until every child has imported the app and said it is ready.
+
+        A child that exits on its own while starting (it could not import the
+        app, say) stops the worker with the reason. One killed by a signal (the
+        OOM killer, an operator's ``kill -9``) says nothing about the app: it is
+        replaced, a few times at most, as a child that dies later would be.
+        """
         deadline = time.monotonic() + timeout_s
+        signalled = 0
         while not all(c.ready for c in self.children):
             if time.monotonic() > deadline:
                 raise WorkerError(f"children did not start within {timeout_s:.0f} s")
             for event in self.poll(0.5):
-                if event.kind == "died":
-                    raise WorkerError(
-                        f"child {event.child.index} exited with code {event.exitcode} while starting; "
-                        f"is the app importable as {self.app_spec!r}? (see the log above)")
+                if event.kind != "died":
+                    continue
+                code = event.exitcode
+                if code is not None and code < 0 and signalled < 3 * self.size:
+                    signalled += 1
+                    logger.warning("child %d was killed by signal %d while starting: starting another",
+                                   event.child.index, -code)
+                    self.remove(event.child)
+                    self.children.append(self._spawn())
+                    continue
+                raise WorkerError(
+                    f"child {event.child.index} exited with code {code} while starting; "
+                    f"is the app importable as {self.app_spec!r}? (see the log above)")
 
     def idle(self) -> list[ChildProc]:
         return [c for c in self.children if c.idle]

@@ -1,9 +1,19 @@
-"""The prefork pool: which thread may start children."""
+"""The prefork pool: which thread may start children, and children that die while starting."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import uuid
 from multiprocessing.connection import wait
 from typing import Any
+
+import pytest
+
+from ktasks.errors import WorkerError
+from ktasks.worker.pool import Pool
+from tests.helpers import wait_until
 
 SOURCE = """
 @app.task
@@ -38,3 +48,39 @@ def test_a_child_replaced_during_a_rebalance_callback_outlives_the_callbacks_thr
     p.app_module.note.delay(1)
     p.app.flush()
     h.step_until(lambda: p.effects("note"), 30, "the new child runs tasks")
+
+
+def _module(tmp_path: Any, monkeypatch: Any, body: str) -> str:
+    name = f"poolapp_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text("import time\nfrom ktasks import App\n" + body
+                                         + "\napp = App('pool-test', bootstrap_servers='127.0.0.1:1')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))     # spawned children get the parent's sys.path
+    return f"{name}:app"
+
+
+def test_a_child_killed_while_starting_is_replaced_not_fatal(tmp_path: Any, monkeypatch: Any) -> None:
+    # The app takes a while to import, so the kill lands while the child starts.
+    pool = Pool(_module(tmp_path, monkeypatch, "time.sleep(1.0)"), 2)
+
+    def kill_the_first() -> None:
+        wait_until(lambda: pool.children and pool.children[0].process.pid, 30, message="a child started")
+        os.kill(pool.children[0].process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first)
+    killer.start()
+    try:
+        pool.start(timeout_s=60)      # before the fix: WorkerError "exited with code -9 while starting"
+        killer.join(30)
+        assert len(pool.children) == 2 and all(c.ready and c.process.is_alive() for c in pool.children)
+    finally:
+        pool.stop()
+
+
+def test_a_child_that_cannot_import_the_app_stops_the_pool_with_the_reason(tmp_path: Any,
+                                                                         monkeypatch: Any) -> None:
+    pool = Pool(_module(tmp_path, monkeypatch, "raise RuntimeError('broken at import')"), 1)
+    try:
+        with pytest.raises(WorkerError, match="exited with code 1 while starting; is the app importable"):
+            pool.start(timeout_s=60)
+    finally:
+        pool.stop()
