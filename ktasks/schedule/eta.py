@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import heapq
 import logging
-from concurrent.futures import ThreadPoolExecutor
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
