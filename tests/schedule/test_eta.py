@@ -50,9 +50,10 @@ def test_an_hour_countdown_never_holds_a_later_short_one_and_a_far_eta_fires_on_
     p.app.flush()
     ran = {e["n"]: e for e in wait_effects(p, "ran", 2, timeout_s=30)}
     assert set(ran) == {2, 3}, ran
-    # Not held by the hour-long countdown ahead of it (the property under test, with hours of margin).
-    assert ran[2]["ts"] - ran[2]["due"] < 2.0, ran[2]
-    assert ran[3]["ts"] >= eta.timestamp() and ran[3]["ts"] - eta.timestamp() < 2.0, ran[3]
+    # Not held by the hour-long countdown ahead of it: the property under test, with a margin of
+    # seconds against an hour (precision itself is measured by benchmarks.schedule, not here).
+    assert ran[2]["ts"] - ran[2]["due"] < 10.0, ran[2]
+    assert ran[3]["ts"] >= eta.timestamp() and ran[3]["ts"] - eta.timestamp() < 10.0, ran[3]
     [fired] = [r for r in task_records(p.bootstrap, p.topic, 1) if r.key == b"customer-7"]
     assert fired.key == b"customer-7"   # the caller's key (routing, ordering) survives the wait
     assert w.stop() == 0
