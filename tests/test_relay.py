@@ -150,6 +150,10 @@ def test_two_relays_on_one_postgres_publish_each_row_once_or_once_plus_a_skipped
     total, writers = 1200, 3
     logs = [tmp_path / "relay-a.log", tmp_path / "relay-b.log"]
     relays = [_relay_proc(p, pg_dsn, log, "--batch-size", "20", "--report-interval-s", "0.5") for log in logs]
+    # Both must be relaying before the rows come, or the first one up may take them all (a relay
+    # starts in seconds on a loaded machine, and the writes take less).
+    wait_until(lambda: all("relay: publishing the outbox" in log.read_text() for log in logs), 60,
+               message="both relays started")
     ids: list[str] = []
 
     def write(start: int) -> None:
