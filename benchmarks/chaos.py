@@ -72,6 +72,7 @@ class ChaosConfig:
     warm_start: bool = True               # workers join the group before the tasks are enqueued
     stall_s: float = 60.0                 # give up when no task finished for this long
     hosts: bool = False                   # each worker a host: a ledger file and working directory of its own
+    max_unacked: int = 500                # ledger_changelog_max_unacked: what a worker kill may re-run on a host
 
 
 @dataclass
@@ -134,6 +135,10 @@ class ChaosResult:
             # check above is the bound; the changelog must have been read for it to hold.
             if not self.changelog_checked:
                 out.append("the ledger changelog could not be read back")
+            if self.plain_duplicates + self.tx_duplicates > self.in_flight_bound:
+                out.append(f"{self.plain_duplicates + self.tx_duplicates} duplicated effects, more than the "
+                           f"{self.in_flight_bound} the kills may re-run (ledger_changelog_max_unacked per "
+                           "killed worker, 1 per killed child)")
         else:
             if self.tx_duplicates:
                 out.append(f"{self.tx_duplicates} duplicated ledger-transaction effects (must be 0)")
@@ -488,6 +493,7 @@ def run(config: ChaosConfig, workdir: Path, bootstrap: str | None = None,
             "session_timeout_ms": config.session_timeout_ms, "heartbeat_interval_ms": config.heartbeat_interval_ms,
             "retry_backoff_ms": 200, "retry_tiers_ms": [200, 1000, 5000],
             "prefetch_per_partition": config.prefetch_per_partition,
+            "ledger_changelog_max_unacked": config.max_unacked,
         }
         env = worker_env(settings, plain_db)
         fleet = Fleet(workdir, env, config)
@@ -523,7 +529,9 @@ def run(config: ChaosConfig, workdir: Path, bootstrap: str | None = None,
                 if kind == "kill-worker":
                     slot = rng.randrange(len(fleet.procs))
                     event.pids = fleet.kill_worker(slot)
-                    event.in_flight_bound = config.concurrency
+                    # Across hosts, also what finished there without an acknowledged changelog
+                    # record, which the worker keeps under ledger_changelog_max_unacked.
+                    event.in_flight_bound = config.max_unacked if config.hosts else config.concurrency
                 elif kind == "kill-child":
                     pid = _wait(lambda: fleet.kill_child(rng), 30, 0.05)
                     if pid is None:
@@ -641,8 +649,12 @@ def render(result: ChaosResult, command: str) -> str:
         f"processes started in all; {result.child_deaths_logged} child deaths logged by the workers\n"
         f"- Lost: **{len(result.plain_missing)}** plain, **{len(result.tx_missing)}** ledger-transaction\n"
         f"- Duplicates: ledger-transaction **{result.tx_duplicates}**; plain **{result.plain_duplicates}**, "
-        f"against a bound of {result.in_flight_bound} tasks running at the kills (`-c` per killed worker "
-        "+ 1 per killed child); "
+        + (f"together against a bound of {result.in_flight_bound} (`ledger_changelog_max_unacked` = "
+           f"{c.max_unacked} per killed worker: tasks running or finished without an acknowledged changelog "
+           "record; 1 per killed child); " if c.hosts else
+           f"against a bound of {result.in_flight_bound} tasks running at the kills (`-c` per killed worker "
+           "+ 1 per killed child); ")
+        +
         f"ran again although their success was on the ledger changelog: **{len(result.ran_after_acknowledged)}**"
         + ("" if result.changelog_checked else " (changelog not read)")
         + f"; a duplicate's first copy was written at most {result.duplicate_age_ms:.0f} ms before its "
@@ -695,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=0,
                         help="this many workers (instead of --workers), each with its own ledger file and "
                              "working directory, as separate hosts")
+    parser.add_argument("--max-unacked", type=int, default=500,
+                        help="ledger_changelog_max_unacked of the workers (default 500, the setting's default)")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     parser.add_argument("--write", type=Path, metavar="FILE", help="write the figures into this markdown file")
     args = parser.parse_args(argv)
@@ -702,7 +716,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main_cluster(args, argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     config = ChaosConfig(n=args.n or 10_000, workers=args.hosts or args.workers, hosts=bool(args.hosts), kills=args.kills, broker_restart=not args.no_broker_restart,
-                         seed=seed, deadline_s=args.deadline, warm_start=not args.cold_start)
+                         seed=seed, deadline_s=args.deadline, warm_start=not args.cold_start,
+                         max_unacked=args.max_unacked)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos run, seed {seed}, workdir {workdir}", flush=True)

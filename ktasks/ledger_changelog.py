@@ -42,6 +42,8 @@ __all__ = ["LedgerChangelog", "changelog_topic", "changelog_configs", "STARTS_AF
 
 #: A task still running this long after its dispatch gets its start written to the changelog.
 STARTS_AFTER_S = 0.25
+# How often the backpressure check counts the sends still waiting (a scan of the dict).
+SWEEP_S = 0.02
 #: A child lost with the task (killed, or past its hard time limit): the local ledger keeps
 #: the start, which counts towards max_starts; no finish is written.
 _LOST = ("worker-lost", "time-limit")
@@ -81,6 +83,10 @@ class LedgerChangelog(Middleware):
         # Dispatched and not finished: (topic, partition, offset) -> (task, key, dispatched at).
         self._running: dict[tuple[str, int, int], tuple[str, str, float]] = {}
         self._ledger: Ledger | None = None       # the parent's own handle, on the loop thread
+        # Backpressure: finished records waiting on the broker, counted now and then (sweep).
+        self._waiting = 0
+        self._swept_at = 0.0
+        self._held_since: float | None = None
         self.restored = 0                        # transitions applied by restores, for logs and tests
         self.sent = 0
 
@@ -168,6 +174,58 @@ class LedgerChangelog(Middleware):
                           Transition(event.ledger_key, event.task, state, time.time()))
         if send is not None:
             self._unacked.setdefault(TopicPartition(event.topic, event.partition), {})[event.offset] = send
+            self._waiting += 1
+
+    def dispatch_room(self) -> int | None:
+        """How many more tasks may start: ``ledger_changelog_max_unacked`` less those at risk.
+
+        A task running, or finished with its changelog record not yet acknowledged,
+        runs again on the next owner after a kill. With the broker unreachable the
+        producer buffers and the children would go on finishing tasks, each one
+        more to run again: this keeps their number under the limit. Once at the
+        limit, the worker starts nothing until it is under half of it, so a slow
+        broker does not make it flap.
+        """
+        limit = self.settings.ledger_changelog_max_unacked
+        if limit <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._swept_at >= SWEEP_S:
+            self._swept_at = now
+            self._waiting = self._sweep()
+        used = self._waiting + len(self._running)
+        if self._held_since is not None:
+            if used >= max(1, limit // 2):
+                return 0
+            self._end_hold(now)
+        room = limit - used
+        if room <= 0:
+            self._held_since = now
+            logger.warning("ledger changelog: %d task(s) running or finished without an acknowledged changelog "
+                           "record (ledger_changelog_max_unacked=%d): starting no new task until fewer than %d",
+                           used, limit, max(1, limit // 2))
+            return 0
+        return room
+
+    def _end_hold(self, now: float) -> None:
+        logger.warning("ledger changelog: records acknowledged again; starting tasks after a hold of %.1f s",
+                       now - self._held_since if self._held_since is not None else 0.0)
+        self._held_since = None
+
+    def _sweep(self) -> int:
+        """Forget acknowledged changelog sends; return how many are left (waiting, or failed and to resend)."""
+        left = 0
+        for tp in list(self._unacked):
+            sends = self._unacked.get(tp)
+            if sends is None:
+                continue
+            for offset, send in list(sends.items()):
+                f = send.future
+                if f is not None and f.is_done and f.succeeded():
+                    sends.pop(offset, None)
+                else:
+                    left += 1
+        return left
 
     def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
                        ) -> dict[TopicPartition, OffsetAndMetadata]:

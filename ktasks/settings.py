@@ -196,6 +196,10 @@ _add("ledger_changelog", bool, True, "Also write every ledger transition a redel
      "failure, poison, start count) to a compacted changelog topic co-partitioned with the task topic, and "
      "restore a partition's entries into the local ledger before running its records, so idempotency "
      "follows a partition to another host; see docs/ledger.md#the-changelog.", G)
+_add("ledger_changelog_max_unacked", int, 500, "Most finished tasks whose changelog record the broker has not "
+     "acknowledged yet: at this many the worker starts no new task until it is back under half of it. "
+     "With the broker unreachable, tasks finished and not acknowledged run again elsewhere after a kill; "
+     "this bounds how many.", G)
 _add("ledger_changelog_suffix", str, ".ledger", "Name of a task topic's changelog: the task topic's name "
      "followed by this.", G)
 _add("ledger_restore_timeout_ms", int, 30000, "Longest a worker reads a newly assigned partition's changelog "

@@ -254,6 +254,14 @@ class Middleware:
         Runs on the worker's loop for every batch: keep it quick (no I/O).
         """
 
+    def dispatch_room(self) -> int | None:
+        """Called in the worker parent before it hands records to children: how many more may start.
+
+        None means no limit; 0 holds every record (they stay queued, in order).
+        Called on every dispatch: keep it cheap.
+        """
+        return None
+
     def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
                        ) -> dict[TopicPartition, OffsetAndMetadata]:
         """Called in the worker parent before each commit: the offsets to commit instead.
@@ -376,6 +384,19 @@ class MiddlewareStack:
             if decision is not None:
                 return decision
         return None
+
+    def dispatch_room(self) -> int | None:
+        """The fewest records any middleware lets start now (None: no limit)."""
+        room: int | None = None
+        for item in self.hooked("dispatch_room"):
+            try:
+                mine = item.dispatch_room()
+            except Exception:
+                logger.exception("middleware %s.dispatch_room failed", type(item).__name__)
+                continue
+            if mine is not None and (room is None or mine < room):
+                room = max(0, mine)
+        return room
 
     def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
                        ) -> dict[TopicPartition, OffsetAndMetadata]:

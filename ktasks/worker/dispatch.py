@@ -73,6 +73,10 @@ class Dispatcher:
         idle = self.pool.idle()
         if not idle:
             return
+        stack = self.outcomes.app.middleware
+        room = stack.dispatch_room() if stack.has("dispatch_room") else None
+        if room == 0:
+            return
         size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
         limit = self.settings.max_tasks_per_child
         for child in idle:
@@ -80,6 +84,8 @@ class Dispatcher:
             take = max(1, min(size, limit - child.tasks_done)) if limit else size
             if child.capacity > 1:  # an event-loop child: fill its free slots, each job runs on its own
                 take = min(take, child.capacity - len(child.outstanding))
+            if room is not None:
+                take = min(take, room)
             jobs: list[Job] = []
             while self.ready and len(jobs) < take:
                 job = self.ready[0]
@@ -96,11 +102,14 @@ class Dispatcher:
                 return
             self.pool.dispatch(child, jobs, [job_wire(j) for j in jobs])
             self.in_flight += len(jobs)
-            stack = self.outcomes.app.middleware
             if stack.has("tasks_dispatched"):
                 stack.after("tasks_dispatched", [Dispatched(
                     j.record.topic, j.record.partition, j.offset, j.task.name,
                     j.message.ledger_key if j.message is not None else "") for j in jobs])
+            if room is not None:
+                room -= len(jobs)
+                if room <= 0:
+                    return
             if not self.ready:
                 return
 

@@ -144,3 +144,31 @@ def test_changelog_topics_are_created_compacted_with_the_task_topic_partitions(
                                            config_filter="all")
     assert configs["topic"][name]["cleanup.policy"]["value"] == "compact,delete"
     assert w.stop() == 0
+
+
+def test_a_worker_starts_no_more_tasks_than_its_unacknowledged_changelog_limit(project: Any, kafka_admin: Any) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+    p = project(SOURCE, partitions=1, ledger_changelog_max_unacked=6, **SETTINGS)
+    name = p.topic + ".ledger"
+    # A changelog that takes no record (each is too large for it): what the worker finishes
+    # is never acknowledged, as when the broker is unreachable.
+    kafka_admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact",
+                                                                    "max.message.bytes": "16"})])
+    w = host(p, "a")
+    w.wait_assigned()
+    for n in range(40):
+        p.app_module.work.apply_async(args=(n,), kwargs={"sleep_s": 0})
+    p.app.flush()
+    wait_until(lambda: "starting no new task" in w.log(), 60, message="the worker never held its tasks")
+    # Held across several rounds of resending (one per commit interval), nothing more starts.
+    wait_until(lambda: w.log().count("sending it again") >= 30, 60, message="3 rounds of resends")
+    assert len(p.effects("start")) <= 6, p.effects("start")
+    kafka_admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                              configs={"cleanup.policy": "compact",
+                                                       "max.message.bytes": "1048588"})])
+    wait_effects(p, "ran", 40, timeout_s=120)
+    assert "starting tasks after a hold" in w.log()
+    assert w.stop() == 0
+    assert Counter(e["n"] for e in p.effects("ran")) == Counter(range(40))
+    assert p.committed(kafka_admin) == {0: 40}
