@@ -84,6 +84,7 @@ class App:
         self._ensured: set[str] = set()
         self._ensure_lock = threading.Lock()
         self._tracked: list[Any] | None = None
+        self._captured: list[Any] | None = None
         from .eager import EagerLedger
 
         #: Eager mode's ledger (a private temporary file); ``eager_ledger.reset()`` forgets it.
@@ -103,6 +104,38 @@ class App:
             yield tracked
         finally:
             self._tracked = None
+
+    @contextlib.contextmanager
+    def capture_sends(self) -> Iterator[list[Any]]:
+        """Hold every record this process publishes inside the block instead of sending it.
+
+        A transactional worker's child runs each task inside one: the records
+        (:class:`ktasks.kafka.transactions.CapturedSend`) go back to the parent,
+        which sends them in the transaction that commits the task's offset.
+        """
+        captured: list[Any] = []
+        self._captured = captured
+        try:
+            yield captured
+        finally:
+            self._captured = None
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
+                 partition: int | None = None) -> Any:
+        """Send one record (or hold it, inside :meth:`capture_sends`); returns its future."""
+        if self._captured is not None:
+            from .kafka.transactions import CapturedSend
+
+            held = CapturedSend(topic, value, key, headers, partition)
+            self._captured.append(held)
+            return held
+        try:
+            future = self.producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+        except KafkaError as exc:
+            raise translate_send_error(exc, self.settings) from exc
+        if self._tracked is not None:
+            self._tracked.append(future)
+        return future
 
     # -- naming ---------------------------------------------------------------
     @property
@@ -207,12 +240,7 @@ class App:
         topic = record.topic
         if topic not in self._ensured:
             self.ensure_topics([topic], partitions=record.partitions)
-        try:
-            future = self.producer.send(topic, value=record.value, key=record.key, headers=record.headers)
-        except KafkaError as exc:
-            raise translate_send_error(exc, self.settings) from exc
-        if self._tracked is not None:
-            self._tracked.append(future)
+        future = self._produce(topic, record.value, record.key, record.headers)
         self.middleware.after("after_enqueue", record.message, topic)
         return SendHandle(record.message.id, topic, future, self, task_name=name)
 
@@ -320,14 +348,7 @@ class App:
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None,
                  headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
         """Publish already-encoded bytes (retries, dead letters, replays); returns the send future."""
-        try:
-            future = self.producer.send(topic, value=value, key=key, headers=headers or [],
-                                        partition=partition)
-        except KafkaError as exc:
-            raise translate_send_error(exc, self.settings) from exc
-        if self._tracked is not None:
-            self._tracked.append(future)
-        return future
+        return self._produce(topic, value, key, headers or [], partition)
 
     def _run_eager(self, message: Message, topic: str) -> EagerResult:
         from .eager import run_eager

@@ -47,6 +47,7 @@ POINTS = frozenset({
     "before_commit",         # parent, before an offset commit is sent
     "commit",                # parent, in place of the commit call (raise-retriable simulates broker errors)
     "after_commit",          # parent, after a commit succeeded
+    "transaction_prepared",  # parent (--transactional): records flushed, offsets in the transaction, not committed
     "retry_publish",         # parent, before a retry message is published
     "dead_letter_publish",   # parent, before a dead-letter record is published
     "relay_after_publish",   # outbox relay, after Kafka acknowledged a batch, before its rows are deleted

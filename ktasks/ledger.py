@@ -44,7 +44,7 @@ import sqlite3
 import threading
 import time
 import traceback as _traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,8 +78,12 @@ __all__ = ["Ledger", "Entry", "Decision", "Kind", "Pruner", "SCHEMA_VERSION", "T
 STARTED, SUCCEEDED, FAILED, POISONED = "started", "succeeded", "failed", "poisoned"
 #: Never ran: revoked (``app.revoke``) or past its ``expires`` when a worker took it (see :meth:`Ledger.not_run`).
 REVOKED, EXPIRED = "revoked", "expired"
+#: Succeeded in a transactional worker, whose Kafka transaction (the task's records and its offset) has not
+#: committed yet: the parent turns it into ``succeeded`` after the commit (:meth:`Ledger.confirm`), or into
+#: ``failed`` after an abort (:meth:`Ledger.release`). Left by a worker that died, it runs again.
+PREPARED = "prepared"
 #: Every state, in the order tools show them.
-STATES = (STARTED, SUCCEEDED, FAILED, POISONED, REVOKED, EXPIRED)
+STATES = (STARTED, PREPARED, SUCCEEDED, FAILED, POISONED, REVOKED, EXPIRED)
 #: States that end an execution: prunable once old enough.
 FINISHED_STATES = (SUCCEEDED, FAILED, POISONED, REVOKED, EXPIRED)
 
@@ -107,6 +111,12 @@ _SUCCEEDED = (
     f"ON CONFLICT(key, task) DO UPDATE SET state = '{SUCCEEDED}', starts = 0, "
     "finished_at = excluded.finished_at, duration_s = excluded.duration_s, result = excluded.result, "
     "note = excluded.note, updated_at = excluded.updated_at"
+)
+_PREPARED = _SUCCEEDED.replace(f"'{SUCCEEDED}'", f"'{PREPARED}'")
+_CONFIRM = f"UPDATE {TABLE} SET state = '{SUCCEEDED}' WHERE key = ? AND task = ? AND state = '{PREPARED}'"
+_RELEASE = (
+    f"UPDATE {TABLE} SET state = '{FAILED}', note = ?, updated_at = ? WHERE key = ? AND task = ? "
+    f"AND state = '{PREPARED}'"
 )
 _FAILED = (
     f"INSERT INTO {TABLE} (key, task, state, finished_at, exc_type, exc_message, traceback, updated_at) "
@@ -385,7 +395,7 @@ class Ledger:
                     decision = Decision(Kind.SKIP, entry, 0)
                 elif entry.state == POISONED:
                     decision = Decision(Kind.POISON, entry, entry.starts)
-                elif (entry.state == STARTED and entry.host == host and entry.pid
+                elif (entry.state in (STARTED, PREPARED) and entry.host == host and entry.pid
                       and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid, entry.pid_start)):
                     # Checked before poison: a start whose process still runs is no crash, and
                     # never a reason to run a second copy, however long it runs.
@@ -479,7 +489,7 @@ class Ledger:
         return sqlite3.SQLITE_OK
 
     def succeeded(self, key: str, result: Any, duration_s: float, *, task: str,
-                  conn: sqlite3.Connection | None = None) -> None:
+                  conn: sqlite3.Connection | None = None, prepared: bool = False) -> None:
         """Record that ``task``'s execution ``key`` succeeded, returning ``result``.
 
         With ``conn`` (inside :meth:`transaction`) the record joins that
@@ -487,12 +497,15 @@ class Ledger:
         :meth:`flush` (see the class docs). A result that msgpack cannot
         encode, or larger than ``max_result_bytes``, is stored as ``None``
         with a note; that never fails the task.
+
+        ``prepared``: recorded as :data:`PREPARED`, a success whose Kafka
+        transaction is still open (a transactional worker).
         """
         self._check_usable("succeeded")
         encoded, note = self._encode_result(key, result)
         params = (key, task, time.time(), float(duration_s), encoded, note, time.time())
         if conn is None:
-            self._buffer((key, task), _SUCCEEDED, params)
+            self._buffer((key, task), _PREPARED if prepared else _SUCCEEDED, params)
             return
         self._succeeded_in_tx(conn, key, params)
 
@@ -537,6 +550,26 @@ class Ledger:
         if len(encoded) > self.max_result_bytes:
             return None, f"result not stored: {len(encoded)} bytes > max_result_bytes {self.max_result_bytes}"
         return encoded, None
+
+    def confirm(self, keys: Iterable[tuple[str, str]]) -> None:
+        """The transaction of these ``(key, task)`` :data:`PREPARED` successes committed: they succeeded."""
+        self._update_prepared(_CONFIRM, [(key, task) for key, task in keys], "confirm")
+
+    def release(self, keys: Iterable[tuple[str, str]], note: str) -> None:
+        """The transaction of these :data:`PREPARED` successes aborted: they run again when delivered again."""
+        now = time.time()
+        self._update_prepared(_RELEASE, [(note, now, key, task) for key, task in keys], "release")
+
+    def _update_prepared(self, sql: str, rows: list[tuple[Any, ...]], what: str) -> None:
+        self._check_usable(what)
+        if not rows:
+            return
+        self._ensure_idle()
+        try:
+            with immediate(self._conn):
+                self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise ledger_error(f"{what}({len(rows)} keys)", exc) from exc
 
     def failed(self, key: str, exc: BaseException, tb: str | None = None, *, task: str) -> None:
         """Record that this attempt of ``task``'s ``key`` raised ``exc`` (buffered, like :meth:`succeeded`).

@@ -88,6 +88,9 @@ class LedgerChangelog(Middleware):
         self._swept_at = 0.0
         self._held_since: float | None = None
         self.restored = 0                        # transitions applied by restores, for logs and tests
+        # --transactional: a success's transition rides in the transaction that commits its offset, so
+        # no host restores a success whose records were aborted.
+        self.transactions: Any = None
         self.sent = 0
 
     @classmethod
@@ -119,6 +122,7 @@ class LedgerChangelog(Middleware):
             if isinstance(item, cls):
                 app.middleware.remove(item)      # a worker run again in the same process
         self = cls(app, settings, ledger_path, changelogs, partitions)
+        self.transactions = getattr(worker, "transactions", None)
         app.add_middleware(self)
         logger.info("ledger changelog: %s", ", ".join(sorted(set(changelogs.values()))))
         return self
@@ -170,6 +174,13 @@ class LedgerChangelog(Middleware):
             state = FAILED
         else:
             return      # skipped (already recorded when it ran), never ran, or lost with its child
+        if state == SUCCEEDED and self.transactions is not None:
+            target = self._target(event.topic, event.partition)
+            if target is not None:
+                t = Transition(event.ledger_key, event.task, state, time.time())
+                self.transactions.add([[target[0], encode_value(t), encode_key(t.key, t.task), [], target[1]]])
+                self.sent += 1
+            return
         send = self._send(event.topic, event.partition,
                           Transition(event.ledger_key, event.task, state, time.time()))
         if send is not None:

@@ -184,6 +184,8 @@ class Restorer:
         if self._consumer is None:
             cfg = client_config(self.settings, "consumer", dict(
                 enable_auto_commit=False, auto_offset_reset="earliest",
+                # A transactional worker's successes are on the changelog only once committed.
+                isolation_level="read_committed",
                 client_id=f"{self.client_id}-restore@{socket.gethostname()}:{os.getpid()}"))
             cfg["group_id"] = None    # by assignment, whatever kafka_options say
             self._consumer = KafkaConsumer(**cfg)

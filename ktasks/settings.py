@@ -200,6 +200,12 @@ _add("ledger_changelog_max_unacked", int, 500, "Most finished tasks whose change
      "acknowledged yet: at this many the worker starts no new task until it is back under half of it. "
      "With the broker unreachable, tasks finished and not acknowledged run again elsewhere after a kill; "
      "this bounds how many.", G)
+_add("transactional", bool, False, "Exactly-once for Kafka effects: the records a task sends (its `delay()` "
+     "calls, its result, its chain step or chord join) and its offset commit go in one Kafka transaction, all "
+     "or none (``ktasks worker --transactional``; docs/results.md).", G)
+_add("transaction_timeout_ms", int, 10000, "With ``transactional``: the broker aborts a transaction left open "
+     "this long (a worker killed mid-transaction and not restarted); `read_committed` readers of its "
+     "partitions wait that long at most.", G)
 _add("ledger_changelog_suffix", str, ".ledger", "Name of a task topic's changelog: the task topic's name "
      "followed by this.", G)
 _add("ledger_restore_timeout_ms", int, 30000, "Longest a worker reads a newly assigned partition's changelog "

@@ -718,7 +718,7 @@ def test_stats(path: Path, ledger: Ledger) -> None:
     ledger.failed("c", RuntimeError(), task="t")
     figures = ledger.stats()
     assert figures["total"] == 3
-    assert figures["by_state"] == {"started": 1, "succeeded": 1, "failed": 1, "poisoned": 0, "revoked": 0,
+    assert figures["by_state"] == {"started": 1, "prepared": 0, "succeeded": 1, "failed": 1, "poisoned": 0, "revoked": 0,
                                    "expired": 0}
     assert figures["size_bytes"] > 0 and figures["schema_version"] == SCHEMA_VERSION
     assert figures["oldest_entry_at"] is not None and figures["oldest_entry_at"] <= time.time()
@@ -749,3 +749,38 @@ def test_not_run_records_revoked_and_expired_but_never_over_a_success(ledger: Le
     assert ledger.get("k3", task="t").state == "succeeded"  # type: ignore[union-attr]
     with pytest.raises(LedgerError, match="not_run state"):
         ledger.not_run("k4", task="t", state="failed")
+
+
+def test_a_prepared_success_waits_for_its_transaction(path: Path, ledger: Ledger) -> None:
+    # --transactional: a success is "prepared" until the worker's Kafka transaction commits.
+    assert ledger.begin("tx", "t", 0, 3, pid=1).kind == "run"          # started by a live process (pid 1)
+    ledger.succeeded("tx", "value", 0.1, task="t", prepared=True)
+    ledger.flush()
+    assert _state(path, "tx")[0] == "prepared"
+    assert ledger.begin("tx", "t", 0, 3, pid=os.getpid()).kind == "running", "its process may still commit it"
+    ledger.confirm([("tx", "t")])
+    assert ledger.begin("tx", "t", 0, 3, pid=os.getpid()).kind == "skip", "committed: it succeeded"
+
+    assert ledger.begin("aborted", "t", 0, 3, pid=1).kind == "run"
+    ledger.succeeded("aborted", "value", 0.1, task="t", prepared=True)
+    ledger.flush()
+    ledger.release([("aborted", "t")], "transaction aborted: test")
+    entry = ledger.get("aborted", task="t")
+    assert entry is not None and entry.state == "failed" and entry.note == "transaction aborted: test"
+    assert ledger.begin("aborted", "t", 0, 3, pid=os.getpid()).kind == "run", "aborted: it runs again"
+    ledger.confirm([("aborted", "t")])      # a confirm for a key no longer prepared changes nothing
+    assert _state(path, "aborted")[0] == "started"
+
+
+def test_a_prepared_success_left_by_a_dead_process_runs_again(path: Path, ledger: Ledger) -> None:
+    assert _run_child(_child_prepared_then_exit, str(path), "orphan-tx", False) == 5
+    decision = ledger.begin("orphan-tx", "t", 0, 3, pid=os.getpid())
+    assert decision.kind == "run", "its worker died before the transaction committed: its records were aborted"
+
+
+def _child_prepared_then_exit(path: str, key: str, _flag: bool) -> None:
+    ledger = Ledger(path)
+    ledger.begin(key, "t", 0, 3)
+    ledger.succeeded(key, "value", 0.1, task="t", prepared=True)
+    ledger.flush()
+    os._exit(5)

@@ -64,6 +64,9 @@ def _source_root(app_spec: str) -> Path:
               help="Replace a child after this many tasks.")
 @click.option("--ledger", "ledger_path", default=None, help="Path of the SQLite ledger.")
 @click.option("--no-ledger", is_flag=True, help="Run without the ledger (no duplicate protection).")
+@click.option("--transactional", is_flag=True, default=None,
+              help="Exactly-once for Kafka effects: a task's delay() calls, its result and its offset commit "
+                   "go in one Kafka transaction (setting transactional).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Log level of the worker and its children.")
@@ -88,7 +91,7 @@ def _source_root(app_spec: str) -> Path:
                    "metrics_host defaults to 127.0.0.1).")
 def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id: str | None,
            group_instance_id: str | None, async_concurrency: int | None, max_tasks_per_child: int | None,
-           ledger_path: str | None,
+           ledger_path: str | None, transactional: bool | None,
            no_ledger: bool, loglevel: str, log_format: str, burst: bool, progress: bool | None,
            relay_dsn: str | None, reload_: bool, metrics_port: int | None, beat: bool) -> None:
     """Run a worker: one consumer in the group, a prefork pool of children.
@@ -136,6 +139,8 @@ def worker(app_spec: str, concurrency: int | None, topics: str | None, group_id:
         overrides["ledger_path"] = ledger_path
     if no_ledger:
         overrides["ledger_enabled"] = False
+    if transactional:
+        overrides["transactional"] = True
     if metrics_port is not None:
         overrides["metrics_port"] = metrics_port
     w = Worker(app, _resolved_spec(app_spec, app), concurrency=concurrency,

@@ -79,12 +79,13 @@ class LedgerGate:
             yield conn
 
     def succeeded(self, msg: Message, task: Task[..., Any], result: Any, duration_s: float,
-                  conn: sqlite3.Connection | None = None) -> None:
+                  conn: sqlite3.Connection | None = None, prepared: bool = False) -> None:
+        """Record the success (``prepared``: its Kafka transaction is still to commit, see ktasks.worker.transactions)."""
         if self.ledger is not None:
             if conn is not None:
                 self.ledger.succeeded(msg.ledger_key, result, duration_s, task=task.name, conn=conn)
             else:
-                self.ledger.succeeded(msg.ledger_key, result, duration_s, task=task.name)
+                self.ledger.succeeded(msg.ledger_key, result, duration_s, task=task.name, prepared=prepared)
 
     def failed(self, msg: Message, task_name: str, cause: BaseException, tb: str) -> None:
         if self.ledger is not None:

@@ -184,6 +184,8 @@ class ChordJoiner:
             group_id=f"{self.app.group_id}.chords",
             client_id=f"{self.app.client_id}-chords@{socket.gethostname()}:{os.getpid()}",
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=s.session_timeout_ms,
+            # A member sent in a transaction that aborted (--transactional) must not count.
+            isolation_level="read_committed",
             heartbeat_interval_ms=s.heartbeat_interval_ms, bootstrap_timeout_ms=max(10000, s.send_timeout_ms))))
         # Its polls are short (200 ms): a group join finishing between two of them must not be
         # thrown away, or under load the joiner rejoins forever and never owns a partition.

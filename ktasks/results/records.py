@@ -155,6 +155,8 @@ def reader_config(app: App, client_id: str, reset: str) -> dict[str, Any]:
     settings = app.settings
     return client_config(settings, "consumer", dict(
         client_id=client_id, group_id=None, enable_auto_commit=False, auto_offset_reset=reset,
+        # A transactional worker's results count only once its transaction commits.
+        isolation_level="read_committed",
         allow_auto_create_topics=False, bootstrap_timeout_ms=settings.send_timeout_ms), user_wins=False)
 
 

@@ -82,6 +82,7 @@ class Child:
         self.gate = LedgerGate(app, self.host, self.pid)
         self.ledger: Any = self.gate.ledger
         self.running_pid: int | None = None     # who holds the key when _admit answered RUNNING
+        self.transactional = bool(app.settings.transactional)
 
     def serve(self) -> None:
         self.conn.send_bytes(pack([READY, self.pid]))
@@ -147,6 +148,18 @@ class Child:
             return refused
         faults.point("before_task", self.parent_pid)
         logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
+        if self.transactional:
+            # Every record the task and its middleware send is held, and commits with its offset.
+            with self.app.capture_sends() as captured:
+                out = self._run_started(seq, task, msg, ctx, soft_limit_s, log_extra)
+            if captured and out[1] in (OK, DEAD):
+                out.append([c.record for c in captured])
+            return out
+        return self._run_started(seq, task, msg, ctx, soft_limit_s, log_extra)
+
+    def _run_started(self, seq: int, task: Any, msg: Any, ctx: TaskContext, soft_limit_s: float | None,
+                     log_extra: dict[str, Any]) -> list[Any]:
+        """Run an admitted task and report it (its start is in the ledger)."""
         self.app.middleware.before("before_task", ctx)
         t0 = time.perf_counter()
         result: Any = None
@@ -161,7 +174,7 @@ class Child:
             else:
                 result = self._call_acknowledged(task, ctx, soft_limit_s)
                 faults.point("after_task", self.parent_pid)
-                self.gate.succeeded(msg, task, result, time.perf_counter() - t0)
+                self.gate.succeeded(msg, task, result, time.perf_counter() - t0, prepared=self.transactional)
         except Exception as exc:
             error = exc
         return self._report(seq, ctx, result, error, time.perf_counter() - t0, log_extra)

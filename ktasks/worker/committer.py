@@ -24,6 +24,7 @@ from ..middleware import deadletter
 from .async_commit import AsyncCommitter
 from .outbox import Outbox
 from .partitions import Partitions, PartitionState
+from .transactions import Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Committer:
         self._failures = 0
         self._offset_maps: dict[TopicPartition, str] = {}    # commit metadata read with the offset
         self._async = AsyncCommitter(COMMIT_TIMEOUT_MS / 1000.0)   # periodic commits
+        self.transactions: Transactions | None = None    # --transactional: commits end the transaction
         self._pid = os.getpid()
 
     # -- where to start ------------------------------------------------------------
@@ -116,6 +118,8 @@ class Committer:
         a broker stall delays them and nothing else. Forced ones (revoke, shutdown) block.
         """
         now = time.monotonic()
+        if self.transactions is not None:
+            return self._commit_transaction(force, now, timeout_ms or COMMIT_TIMEOUT_MS)
         done = self._async.poll()
         if done is not None:
             self._outcome(done.offsets, done.context, done.error, now)
@@ -143,6 +147,41 @@ class Committer:
             self.consumer.commit(offsets, timeout_ms=timeout_ms or COMMIT_TIMEOUT_MS)
         except (KafkaError, faults.FaultInjected) as exc:
             return self._outcome(offsets, sent_from, exc, now)
+        return self._outcome(offsets, sent_from, None, now)
+
+    def _commit_transaction(self, force: bool, now: float, timeout_ms: int) -> bool:
+        """--transactional: commit every finished offset with the records of the open transaction.
+
+        The whole transaction, whatever ``only`` a revoke asked for: its records belong to tasks of
+        every partition. The ledger changelog's hold (``commit_offsets``) does not apply: holding an
+        offset back would commit its task's records without it. On failure the transaction is aborted
+        and every partition starts again from its committed offset, so the aborted tasks run again.
+        """
+        tx = self.transactions
+        assert tx is not None
+        if not force and now < self._next_commit:
+            return True
+        self._next_commit = now + self.settings.commit_interval_ms / 1000.0
+        states = self.partitions.states
+        offsets = {tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
+                   for tp, ps in states.items() if ps.tracker.needs_commit()}
+        if not offsets and not tx.pending:
+            return True
+        sent_from = {tp: states[tp] for tp in offsets}
+        try:
+            faults.point("before_commit", self._pid)
+            faults.point("commit", self._pid)
+            tx.commit(offsets, self.consumer.group_metadata(), timeout_ms)
+        except (KafkaError, faults.FaultInjected) as exc:
+            self.app.middleware.after("commit_failed", exc)
+            logger.warning("transactional commit failed (%s: %s): aborting the transaction", type(exc).__name__,
+                           exc)
+            tx.abort(f"{type(exc).__name__}: {exc}", COMMIT_TIMEOUT_MS)
+            for ps in self.partitions:
+                ps.finished.clear()
+            if not self._stopping():
+                self.reset_to_committed()
+            return False
         return self._outcome(offsets, sent_from, None, now)
 
     def _outcome(self, offsets: Mapping[TopicPartition, OffsetAndMetadata],

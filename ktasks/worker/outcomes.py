@@ -22,6 +22,7 @@ from ..middleware import deadletter as dead
 from .outbox import Outbox
 from .partitions import Job, Partitions
 from .protocol import DEAD, OK, POISON, RETRY, SKIP, outcome_of
+from .transactions import Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +53,23 @@ class Outcomes:
         self.stats = stats
         self._release = release
         self.outbox: Outbox | None = None    # set once the outbox exists (it calls complete())
+        self.transactions: Transactions | None = None   # --transactional: records ride in the transaction
 
     def finish(self, job: Job, res: list[Any]) -> None:
         """A child's result for ``job`` (see :mod:`.protocol`)."""
         assert self.outbox is not None
         status, duration = res[1], res[2]
+        tx = self.transactions
         if self.outbox.fenced(job, f"result {status!r}"):
+            if tx is not None and status == OK and job.message is not None and job.task is not None:
+                tx.dropped(job.message.ledger_key, job.task.name)
             return
+        if tx is not None and status in (OK, DEAD):
+            # The task's records (protocol: the result's 8th field) commit with its offset.
+            if len(res) > 7 and res[7]:
+                tx.add(res[7])
+            if status == OK and job.message is not None and job.task is not None:
+                tx.prepared(job.message.ledger_key, job.task.name)
         outcome = outcome_of(res)
         self.report(job, outcome, duration if outcome in ("succeeded", "retried", "failed") else None,
                     reason=res[3] if status == DEAD else dead.POISON if status == POISON else None)

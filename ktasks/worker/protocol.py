@@ -11,7 +11,9 @@ Child to parent
     ``["ready", pid]`` once the app is imported; ``["results", [result, ...]]``,
     each result ``[seq, status, duration_s, detail, exc_type, exc_message,
     stacktrace]`` where ``detail`` is the retry delay (``RETRY``) or the dead
-    letter's reason (``DEAD``).
+    letter's reason (``DEAD``). A transactional worker's child appends the
+    records the task sent, held for the transaction (``OK`` and ``DEAD``):
+    ``[[topic, value, key, [[header, value], ...], partition], ...]``.
 
 The child also shows which job it runs, and since when, in a shared array of
 two doubles ``[seq, start (monotonic) or 0]`` (:meth:`ChildProc.running`).

@@ -35,6 +35,7 @@ from .outcomes import Outcomes, Stats
 from .partitions import Job, Partitions, PartitionState
 from .pool import Pool
 from .rebalance import Rebalance
+from .transactions import Transactions
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,10 @@ class Worker:
                                    ready_first=self.dispatcher.queue_first)
         self.rebalance = Rebalance(app, self.settings, self._lock, self.table, self.committer, self.dispatcher,
                                    self.outbox, cold=lambda: self._cold, stopping=stopping)
+        self.transactions: Transactions | None = None
+        if self.settings.transactional:
+            self.transactions = Transactions(app, self.settings, self.group_id, self.host)
+            self.committer.transactions = self.outcomes.transactions = self.transactions
         self._consumer: Any = None
         faults.configure(self.settings.faults)
 
@@ -167,6 +172,8 @@ class Worker:
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
         # Raising here (a ledger file that cannot be used) stops the worker before any child starts.
         self.app.middleware.before("worker_starting", self, strict=True)
+        if self.transactions is not None:
+            self.transactions.start(self)
         self.pool.start()
         self.stats.started_at = time.monotonic()
         self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
@@ -317,6 +324,8 @@ class Worker:
                                "uncommitted and will be delivered again", unsent)
                 code = EXIT_COLD
         self.committer.final_commit(self._lock, SHUTDOWN_COMMIT_TIMEOUT_MS)
+        if self.transactions is not None:
+            self.transactions.close()
         with self._lock:
             committed = {f"{tp.topic}/{tp.partition}": ps.tracker.committed
                          for tp, ps in sorted(self.table.states.items()) if ps.tracker.committed is not None}
