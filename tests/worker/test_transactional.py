@@ -94,3 +94,22 @@ def add(x, y):
     assert w.stop() == 0
     assert sorted(e["n"] for e in p.effects("ship")) == list(range(20))
     assert "transaction aborted" not in w.log()
+
+
+def test_a_failed_transactional_commit_aborts_and_the_tasks_run_again_with_their_follow_ups_once(
+        project: Any, kafka_admin: Any) -> None:
+    p = project(SOURCE, partitions=1)
+    # The first commit fails while the worker lives: its transaction (order's follow-up and result) is aborted.
+    w = p.worker("-c", "1", "--transactional", env={"KTASKS_FAULTS": "commit=raise-retriable*1"})
+    w.wait_assigned()
+    handle = p.app_module.order.delay(7)
+    p.app.flush()
+    assert handle.get(timeout=60) == 70
+    wait_effects(p, "ship", 1)
+    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 2, 60, message="order and ship committed")
+    assert w.stop() == 0
+    assert "transaction aborted" in w.log()
+    assert len(p.effects("order")) == 2, "the aborted task ran again"
+    assert [e["n"] for e in p.effects("ship")] == [7], "its follow-up ran once: the aborted copy was never seen"
+    ships = [t for t in task_names(read_all(p.bootstrap, p.topic, "read_uncommitted")) if t.endswith("ship")]
+    assert len(ships) == 2, f"two copies were sent, one of them aborted: {ships}"
