@@ -148,7 +148,10 @@ _add("eager_propagates", bool, False, "In eager mode, `delay()` raises the excep
      "in the dead-letter topic (otherwise only `EagerResult.get()` does).", G)
 _add("send_timeout_ms", int, 10000, "Longest a `delay()` may block when the broker is unreachable, and "
      "the deadline for its acknowledgement.", G)
-_add("linger_ms", int, 5, "Producer batching delay: messages sent within this window share a request.", G)
+_add("linger_ms", int, 0, "Producer batching delay: messages sent within this window share a request. 0 (the "
+     "default) sends at once and still batches what queues while a request is in flight: a web request's "
+     "single `delay()` reaches a worker sooner (enqueue-to-start p50 2.3 ms against 7.2 ms at 5 ms), and a loop of "
+     "`delay()` calls is as fast (docs/performance.md).", G)
 _add("max_message_bytes", int, 1048576, "Largest encoded message accepted; larger ones fail before sending.",
      G)
 _add("compression_type", str, None, "Producer compression (`gzip`, `snappy`, `lz4`, `zstd`).", G,
