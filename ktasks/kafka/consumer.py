@@ -51,6 +51,10 @@ def assignors(name: str) -> list[Any]:
     return [RangePartitionAssignor()]
 
 
+#: Longest the broker holds the worker's fetch when there is nothing new (kafka-python's default: 500).
+FETCH_MAX_WAIT_MS = 50
+
+
 def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[str, Any]:
     """The worker consumer's kafka-python settings; ``kafka_options`` the consumer accepts win."""
     return client_config(settings, "consumer", dict(
@@ -65,6 +69,12 @@ def consumer_config(settings: Settings, group_id: str, client_id: str) -> dict[s
         # ETAs and periodic tasks are enqueued in transactions (ktasks.schedule): an aborted
         # one must never run.
         isolation_level="read_committed",
+        # A partition resumed (after prefetch_per_partition was reached, or a delay tier's hold)
+        # is fetched only once the fetch in flight for the others returns, which the broker holds
+        # up to fetch_max_wait_ms when they have nothing new: at kafka-python's 500 ms, the first
+        # tasks after a backlog waited up to 400 ms (enqueue-to-start p99 348 ms at 50 tasks/s;
+        # 7.6 ms with 50). An idle worker's fetch every 50 ms costs the broker next to nothing.
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         # Take everything the fetcher has buffered on every poll. kafka-python 3.0.12 parks
         # the unreturned rest of a partition's batch when that partition is paused, and
         # never restores it once another partition's batch is drained (the restore checks
