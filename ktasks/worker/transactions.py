@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, KtasksError
 from ..kafka import OffsetAndMetadata, TopicPartition
 from ..kafka.transactions import TransactionalProducer, transactional_id
 
@@ -144,7 +144,12 @@ class Transactions:
         self.committed += 1
         prepared, self._prepared, self._records = self._prepared, [], 0
         if self.ledger is not None and prepared:
-            self.ledger.confirm(prepared)
+            try:
+                self.ledger.confirm(prepared)
+            except KtasksError as exc:
+                # Committed in Kafka: their offsets never come back, so only a second enqueue with the
+                # same idempotency key would find them still prepared (and run them again).
+                logger.error("transaction committed, but %d ledger entries stay prepared: %s", len(prepared), exc)
 
     def abort(self, reason: str, timeout_ms: int) -> None:
         """Abort the open transaction; its prepared successes run again when their records come back."""
@@ -154,7 +159,13 @@ class Transactions:
         prepared, self._prepared, self._records = self._prepared, [], 0
         self._send_error = None
         if self.ledger is not None and prepared:
-            self.ledger.release(prepared, f"transaction aborted: {reason}")
+            try:
+                self.ledger.release(prepared, f"transaction aborted: {reason}")
+            except KtasksError as exc:
+                # Left prepared with the pids of this worker's live children, a redelivery of them waits
+                # (as for a running twin) until those children are replaced; the children's own ledger
+                # writes fail as well when the file is this broken.
+                logger.error("transaction aborted, but %d ledger entries stay prepared: %s", len(prepared), exc)
         logger.warning("transaction aborted (%s): %d task(s) will run again from the committed offsets",
                        reason, len(prepared))
 
