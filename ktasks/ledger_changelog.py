@@ -174,15 +174,14 @@ class LedgerChangelog(Middleware):
             state = FAILED
         else:
             return      # skipped (already recorded when it ran), never ran, or lost with its child
+        t = Transition(event.ledger_key, event.task, state, time.time())
         if state == SUCCEEDED and self.transactions is not None:
             target = self._target(event.topic, event.partition)
             if target is not None:
-                t = Transition(event.ledger_key, event.task, state, time.time())
                 self.transactions.add([[target[0], encode_value(t), encode_key(t.key, t.task), [], target[1]]])
                 self.sent += 1
             return
-        send = self._send(event.topic, event.partition,
-                          Transition(event.ledger_key, event.task, state, time.time()))
+        send = self._send(event.topic, event.partition, t)
         if send is not None:
             self._unacked.setdefault(TopicPartition(event.topic, event.partition), {})[event.offset] = send
             self._waiting += 1

@@ -28,7 +28,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from .. import faults
-from .clients import OffsetAndMetadata, TopicPartition, client_config
+from .clients import OffsetAndMetadata, TopicPartition
 from .errors import KafkaError, KafkaTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -45,35 +45,19 @@ def transactional_id(group_id: str, host: str, place: str, slot: int) -> str:
 class TransactionalProducer:
     """One transaction at a time: ``send`` opens it, ``commit`` (with offsets) or ``abort`` ends it."""
 
-    def __init__(self, settings: Any, client_id: str, txn_id: str) -> None:
-        self._settings = settings
-        self._client_id = client_id
+    def __init__(self, config: Mapping[str, Any], txn_id: str, transaction_timeout_ms: int) -> None:
+        # ``config``: the process's producer settings (ProducerHolder.config), as the schedulers use them.
+        self._config = dict(config, transactional_id=txn_id, transaction_timeout_ms=transaction_timeout_ms,
+                            client_id=f"{config.get('client_id', 'ktasks')}-tx")
         self.txn_id = txn_id
         self._producer: KafkaProducer | None = None
         self.open = False        # a transaction was begun and not yet ended
-
-    def _config(self) -> dict[str, Any]:
-        s = self._settings
-        request_timeout_ms = min(30000, max(1000, s.send_timeout_ms // 2))
-        return client_config(s, "producer", dict(
-            client_id=f"{self._client_id}-tx",
-            transactional_id=self.txn_id,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.linger_ms,
-            max_block_ms=s.send_timeout_ms,
-            request_timeout_ms=request_timeout_ms,
-            delivery_timeout_ms=max(s.send_timeout_ms, s.linger_ms + request_timeout_ms),
-            max_request_size=max(s.max_message_bytes + 1024, 1048576),
-            compression_type=s.compression_type,
-        ), user_wins=False)
 
     def start(self) -> None:
         """Build the producer and fence any earlier one with this id (its open transaction is aborted)."""
         if self._producer is not None:
             return
-        producer = KafkaProducer(**self._config())
+        producer = KafkaProducer(**self._config)
         try:
             producer.init_transactions()       # bounded by max_block_ms
         except BaseException:
@@ -83,25 +67,24 @@ class TransactionalProducer:
         self.open = False
         logger.info("transactional producer %s ready", self.txn_id)
 
-    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
-        """Send one record inside the open transaction, beginning one if none is."""
+    def _begun(self) -> KafkaProducer:
+        """The producer, with a transaction open (begun here if none is)."""
         self.start()
         assert self._producer is not None
         if not self.open:
             self._producer.begin_transaction()
             self.open = True
-        return self._producer.send(topic, value=value, key=key, headers=headers or [], partition=partition)
+        return self._producer
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
+        """Send one record inside the open transaction, beginning one if none is."""
+        return self._begun().send(topic, value=value, key=key, headers=headers or [], partition=partition)
 
     def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata], group_metadata: Any,
                timeout_ms: int) -> None:
         """Commit the open transaction (begun here if none is) with ``offsets`` of the group; raises on failure."""
-        self.start()
-        producer = self._producer
-        assert producer is not None
-        if not self.open:
-            producer.begin_transaction()
-            self.open = True
+        producer = self._begun()
         # kafka-python's EndTxn does not wait for the transaction's batches: flush them first.
         producer.flush(timeout=timeout_ms / 1000.0)
         manager = producer._transaction_manager

@@ -128,8 +128,7 @@ class Committer:
         self._next_commit = now + self.settings.commit_interval_ms / 1000.0
         states = self.partitions.states
         targets = [states[tp] for tp in (only if only is not None else list(states)) if tp in states]
-        offsets = {ps.tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
-                   for ps in targets if ps.tracker.needs_commit()}
+        offsets = self._finished_offsets(targets)
         if self.app.middleware.has("commit_offsets"):
             # Middleware may hold a record back until it is durable (the ledger changelog).
             offsets = self.app.middleware.commit_offsets(offsets, force)
@@ -149,6 +148,12 @@ class Committer:
             return self._outcome(offsets, sent_from, exc, now)
         return self._outcome(offsets, sent_from, None, now)
 
+    @staticmethod
+    def _finished_offsets(states: Iterable[PartitionState]) -> dict[TopicPartition, OffsetAndMetadata]:
+        """What to commit for ``states``: each one's committable offset, with the offset map above it."""
+        return {ps.tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
+                for ps in states if ps.tracker.needs_commit()}
+
     def _commit_transaction(self, force: bool, now: float, timeout_ms: int) -> bool:
         """--transactional: commit every finished offset with the records of the open transaction.
 
@@ -163,8 +168,7 @@ class Committer:
             return True
         self._next_commit = now + self.settings.commit_interval_ms / 1000.0
         states = self.partitions.states
-        offsets = {tp: OffsetAndMetadata(ps.tracker.committable, ps.tracker.offset_map(), -1)
-                   for tp, ps in states.items() if ps.tracker.needs_commit()}
+        offsets = self._finished_offsets(states.values())
         if not offsets and not tx.pending:
             return True
         sent_from = {tp: states[tp] for tp in offsets}

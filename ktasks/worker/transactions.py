@@ -82,7 +82,7 @@ class Transactions:
         place = self._place()
         slot = self._take_slot(place)
         txn_id = transactional_id(self.group_id, self.host, str(place), slot)
-        self.producer = TransactionalProducer(self.settings, self.app.client_id, txn_id)
+        self.producer = TransactionalProducer(self.app.producer.config(), txn_id, self.settings.transaction_timeout_ms)
         self.producer.start()
         if self.settings.ledger_enabled:
             from ..ledger import Ledger
