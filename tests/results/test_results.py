@@ -122,14 +122,16 @@ except TimeoutError:
 
 
 def test_results_expire(project: Any) -> None:
-    p = project(SOURCE, result_expires_s=2)
+    # 5 s, not less: expired is told apart from absent only up to result_expires_s past the expiry, and
+    # the wait below starts once get() returned, which a loaded machine delays by seconds.
+    p = project(SOURCE, result_expires_s=5)
     w = p.worker("-c", "1")
     try:
         handle = p.app_module.add.delay(1, 2)
         assert handle.get(timeout=60)["sum"] == 3
         stored_at = time.time()
         assert p.app.result(handle.id).get(timeout=30)["sum"] == 3
-        wait_until(lambda: time.time() > stored_at + 2.5, 10)
+        wait_until(lambda: time.time() > stored_at + 5.5, 15)
         with pytest.raises(ResultExpired, match="result_expires_s"):
             p.app.result(handle.id).get(timeout=5)
         with pytest.raises(ResultExpired):
