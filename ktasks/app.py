@@ -121,7 +121,7 @@ class App:
             self._captured = None
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
-                 partition: int | None = None) -> Any:
+                 partition: int | None = None, task_id: str | None = None) -> Any:
         """Send one record (or hold it, inside :meth:`capture_sends`); returns its future."""
         if self._captured is not None:
             from .kafka.transactions import CapturedSend
@@ -130,7 +130,8 @@ class App:
             self._captured.append(held)
             return held
         try:
-            future = self.producer.send(topic, value=value, key=key, headers=headers, partition=partition)
+            future = self.producer.send(topic, value=value, key=key, headers=headers, partition=partition,
+                                        task_id=task_id)
         except KafkaError as exc:
             raise translate_send_error(exc, self.settings) from exc
         if self._tracked is not None:
@@ -240,7 +241,7 @@ class App:
         topic = record.topic
         if topic not in self._ensured:
             self.ensure_topics([topic], partitions=record.partitions)
-        future = self._produce(topic, record.value, record.key, record.headers)
+        future = self._produce(topic, record.value, record.key, record.headers, task_id=record.message.id)
         self.middleware.after("after_enqueue", record.message, topic)
         return SendHandle(record.message.id, topic, future, self, task_name=name)
 

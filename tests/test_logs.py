@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from ktasks.logs import (
     TaskFieldsFilter,
     TextFormatter,
     configure_logging,
+    log_line,
     task_context,
     task_extra,
 )
@@ -125,6 +127,25 @@ def test_text_formatter_and_task_context(capture: Any) -> None:
     inside, outside = stream.getvalue().splitlines()
     assert "[child-0:" in inside and inside.endswith("ktasks.tests.logs: inside [orders/1@5]")
     assert outside.endswith("ktasks.tests.logs: outside")
+
+
+def test_log_line_makes_the_record_logger_info_would(capture: Any) -> None:
+    log, stream, handler = capture
+    handler.setFormatter(logging.Formatter("%(asctime)s|%(filename)s|%(funcName)s|%(lineno)d|%(message)s"))
+    text = TextFormatter("child-0")
+    seen: list[logging.LogRecord] = []
+    handler.addFilter(lambda record: seen.append(record) or True)
+    line = sys._getframe().f_lineno + 1
+    log_line(log, logging.INFO, "task %s[%s] started (attempt %d)", "t.z", "id3", 0,
+             extra=task_extra("t.z", "id3", "orders", 0, 9))
+    log_line(log, logging.DEBUG - 1, "below the level: %s", "never")
+    (record,) = seen
+    assert stream.getvalue().split("|")[1:] == ["test_logs.py", "test_log_line_makes_the_record_logger_info_would",
+                                                str(line), "task t.z[id3] started (attempt 0)\n"]
+    assert record.task_id == "id3" and record.offset == 9  # type: ignore[attr-defined]
+    # The text formatter's cached time of day is the text logging.Formatter writes.
+    assert text.formatTime(record) == logging.Formatter().formatTime(record)
+    assert text.format(record).endswith("task t.z[id3] started (attempt 0) [orders/0@9]")
 
 
 def test_kafka_pythons_repeated_lines_are_rate_limited_with_a_count(capture: Any) -> None:

@@ -26,6 +26,7 @@ watchdog replaces a producer that stopped making progress (see
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
 import os
 import sys
@@ -60,31 +61,39 @@ _STALL_MARGIN_S = 5.0
 
 
 class _Pending:
-    """Records sent and not yet completed, by task id, so that an exit can name the unsent ones."""
+    """Records sent and not yet completed, so that an exit can name the unsent ones.
+
+    Per ``delay()`` this costs an append and one errback: acknowledged records
+    are dropped from the front of the queue every :data:`_PURGE_EVERY` sends
+    (records are acknowledged about in order), not one by one under a lock.
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._records: dict[int, tuple[Any, str, str]] = {}
+        self._records: collections.deque[tuple[Any, str, str]] = collections.deque()
+        self._sent = 0
 
     def track(self, future: Any, task_id: str, topic: str) -> None:
-        key = id(future)
-        with self._lock:
-            self._records[key] = (future, task_id, topic)
-        future.add_both(self._done, key, task_id, topic)
+        records = self._records
+        records.append((future, task_id, topic))
+        future.add_errback(self._failed, task_id, topic)
+        self._sent += 1
+        if self._sent % _PURGE_EVERY == 0:
+            while records and records[0][0].is_done:
+                records.popleft()
 
-    def _done(self, key: int, task_id: str, topic: str, result: Any) -> None:
-        with self._lock:
-            self._records.pop(key, None)
-        if isinstance(result, BaseException):
-            logger.warning("task %s was not sent to %s: %s: %s", task_id, topic, type(result).__name__, result)
+    @staticmethod
+    def _failed(task_id: str, topic: str, exc: BaseException) -> None:
+        logger.warning("task %s was not sent to %s: %s: %s", task_id, topic, type(exc).__name__, exc)
 
     def snapshot(self) -> list[tuple[Any, str, str]]:
-        with self._lock:
-            return list(self._records.values())
+        """The records not yet acknowledged (or failed)."""
+        return [r for r in list(self._records) if not r[0].is_done]
 
     def reset(self) -> None:
-        self._lock = threading.Lock()
-        self._records = {}
+        self._records = collections.deque()
+
+
+_PURGE_EVERY = 256
 
 
 class ProducerHolder:
@@ -141,15 +150,17 @@ class ProducerHolder:
             return self._producer
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None) -> Any:
+             headers: list[tuple[str, bytes]] | None = None, partition: int | None = None,
+             task_id: str | None = None) -> Any:
         """Send one record; returns kafka-python's future. Raises kafka-python's errors.
 
-        The record is tracked (by the task id in its ``ktasks-id`` header) until
-        it is acknowledged or fails, so an exit can report it if it is not.
+        The record is tracked (by ``task_id``, else the task id in its
+        ``ktasks-id`` header) until it is acknowledged or fails, so an exit can
+        report it if it is not.
         """
         headers = headers or []
         future = self.get().send(topic, value=value, key=key, headers=headers, partition=partition)
-        self._pending.track(future, value_of(headers, H_ID) or "(no task id)", topic)
+        self._pending.track(future, task_id or value_of(headers, H_ID) or "(no task id)", topic)
         return future
 
     def _replace_if_unusable(self) -> None:

@@ -314,17 +314,21 @@ class MiddlewareStack:
         self._items: list[Middleware] = list(middleware)
         self._hooked: dict[str, list[Middleware]] = {}
         self._deciders: dict[int, tuple[Any, list[Middleware]]] = {}
+        self._options: dict[str, Any] | None = None
 
     def add(self, middleware: Middleware) -> None:
         self._items.append(middleware)
+        self._changed()
+
+    def _changed(self) -> None:
         self._hooked.clear()
         self._deciders.clear()
+        self._options = None
 
     def remove(self, middleware: Middleware) -> None:
         """Take ``middleware`` out of the stack (``ValueError`` if it is not in it)."""
         self._items.remove(middleware)
-        self._hooked.clear()
-        self._deciders.clear()
+        self._changed()
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self._items)
@@ -346,10 +350,13 @@ class MiddlewareStack:
         return bool(self.hooked(hook))
 
     def task_options(self) -> dict[str, Any]:
-        """Every task option the stack's middleware declare, with its default."""
-        options: dict[str, Any] = {}
-        for item in self._items:
-            options.update(item.task_options)
+        """Every task option the stack's middleware declare, with its default (cached: read per ``delay()``)."""
+        options = self._options
+        if options is None:
+            options = {}
+            for item in self._items:
+                options.update(item.task_options)
+            self._options = options
         return options
 
     def check_task_options(self, task_name: str, options: Mapping[str, Any]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from .. import faults
 from ..errors import BrokerUnavailable, EnqueueError, exception_name
 from ..kafka.errors import KafkaError
-from ..logs import bind_task, configure_logging, task_extra
+from ..logs import bind_task, configure_logging, log_line, task_extra
 from ..message import decode, pack, unpack
 from ..middleware import retries, timelimits
 from ..middleware.idempotency import LedgerGate
@@ -147,7 +147,8 @@ class Child:
         if isinstance(refused, list):
             return refused
         faults.point("before_task", self.parent_pid)
-        logger.info("task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt, extra=log_extra)
+        log_line(logger, logging.INFO, "task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt,
+                 extra=log_extra)
         if self.transactional:
             # Every record the task and its middleware send is held, and commits with its offset.
             with self.app.capture_sends() as captured:
@@ -209,8 +210,8 @@ class Child:
         if error is None:
             if logger.isEnabledFor(logging.INFO):
                 shown = repr(result)
-                logger.info("task %s[%s] succeeded in %.3fs: %s", msg.task, msg.id, duration,
-                            shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
+                log_line(logger, logging.INFO, "task %s[%s] succeeded in %.3fs: %s", msg.task, msg.id, duration,
+                         shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
             return [seq, OK, duration, None, None, None, None]
         return self._failed(seq, task, msg, error, duration, key, log_extra)
 

@@ -425,3 +425,24 @@ def test_killing_the_active_controller_loses_no_delay(kafka_cluster, unique):
         print(f"{len(handles)} calls: {len(sent)} delivered, {len(failed)} raised in wait_sent()")
     finally:
         app.close()
+
+
+def test_pending_records_are_those_not_yet_acknowledged_and_a_failure_is_logged(caplog: Any) -> None:
+    from kafka.future import Future
+
+    from ktasks.kafka.producer import _PURGE_EVERY, _Pending
+
+    pending = _Pending()
+    futures = [Future() for _ in range(_PURGE_EVERY * 2 + 3)]
+    for i, future in enumerate(futures):
+        if i == 5:
+            future.failure(ValueError("refused"))   # failed before it was tracked: still reported
+        pending.track(future, f"id{i}", "orders")
+        if i < _PURGE_EVERY + 10 and i != 7 and i != 5:
+            future.success(i)
+    left = {task_id for _, task_id, _ in pending.snapshot()}
+    assert left == {"id7"} | {f"id{i}" for i in range(_PURGE_EVERY + 10, len(futures))}
+    futures[7].failure(TimeoutError("no broker"))
+    assert "task id7 was not sent to orders: TimeoutError: no broker" in caplog.text
+    assert "task id5 was not sent to orders: ValueError: refused" in caplog.text
+    assert "id7" not in {task_id for _, task_id, _ in pending.snapshot()}
