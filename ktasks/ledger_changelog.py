@@ -124,6 +124,7 @@ class LedgerChangelog(Middleware):
         self = cls(app, settings, ledger_path, changelogs, partitions)
         self.transactions = getattr(worker, "transactions", None)
         app.add_middleware(self)
+        self._restorer.warm()
         logger.info("ledger changelog: %s", ", ".join(sorted(set(changelogs.values()))))
         return self
 

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,6 +160,18 @@ class Restorer:
         self.ledger_path = os.fspath(ledger_path)
         self.client_id = client_id
         self._consumer: KafkaConsumer | None = None
+        self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Build the consumer on a background thread, so the first assignment's restore does not wait for
+        its bootstrap (about 0.1 s: connecting and probing the broker's API versions)."""
+        def build() -> None:
+            try:
+                self.consumer()
+            except Exception as exc:   # the restore builds it again and reports the error
+                logger.debug("ledger changelog: restore consumer not built in advance: %s", exc)
+
+        threading.Thread(target=build, name="ktasks-restore-warm", daemon=True).start()
 
     def _conn(self) -> sqlite3.Connection:
         try:
@@ -181,6 +194,10 @@ class Restorer:
         return {TopicPartition(t, p): o for t, p, o in rows}
 
     def consumer(self) -> KafkaConsumer:
+        with self._lock:
+            return self._build_consumer()
+
+    def _build_consumer(self) -> KafkaConsumer:
         if self._consumer is None:
             cfg = client_config(self.settings, "consumer", dict(
                 enable_auto_commit=False, auto_offset_reset="earliest",
@@ -265,12 +282,13 @@ class Restorer:
                      "updated_at = excluded.updated_at", (tp.topic, tp.partition, offset, time.time()))
 
     def close(self) -> None:
-        if self._consumer is not None:
+        with self._lock:              # after a warm() still building it
+            consumer, self._consumer = self._consumer, None
+        if consumer is not None:
             try:
-                self._consumer.close(autocommit=False)
+                consumer.close(autocommit=False)
             except Exception as exc:  # closing on the way out: nothing to do about it
                 logger.debug("closing the changelog restore consumer: %s", exc)
-            self._consumer = None
 
 
 def records_of(transitions: Iterable[Transition]) -> list[tuple[bytes, bytes]]:

@@ -92,10 +92,15 @@ class Pool:
         self._owed = 0                     # replacements asked for on another thread, not started yet
 
     def start(self, timeout_s: float = 120.0) -> None:
+        """Spawn the children and wait until all are ready."""
+        self.spawn()
+        self.wait_ready(timeout_s)
+
+    def spawn(self) -> None:
+        """Spawn the children without waiting for them (the worker joins its group meanwhile)."""
         self._owner = threading.get_ident()
         for _ in range(self.size):
             self.children.append(self._spawn())
-        self.wait_ready(timeout_s)
 
     def _spawn(self) -> ChildProc:
         index = self._next_index

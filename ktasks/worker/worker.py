@@ -54,6 +54,10 @@ TOPIC_CHECK_S = 5.0
 SHUTDOWN_COMMIT_TIMEOUT_MS = 5000
 
 
+#: How long the children may take to import the app and say they are ready.
+CHILD_START_TIMEOUT_S = 120.0
+
+
 class Worker:
     """Runs an app's tasks from Kafka. ``run()`` blocks until stopped and returns the exit code."""
 
@@ -172,14 +176,21 @@ class Worker:
         self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
         # Raising here (a ledger file that cannot be used) stops the worker before any child starts.
         self.app.middleware.before("worker_starting", self, strict=True)
-        if self.transactions is not None:
-            self.transactions.start(self)
-        self.pool.start()
+        # Children take about half a second to import the app: they start now, while the
+        # consumer is built, and the worker waits for them last.
+        self.pool.spawn()
+        try:
+            if self.transactions is not None:
+                self.transactions.start(self)
+            self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
+            self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
+                                                                  self._on_lost))
+            self._await_metadata(all_topics)
+            self.pool.wait_ready(CHILD_START_TIMEOUT_S)
+        except BaseException:
+            self.pool.terminate()
+            raise
         self.stats.started_at = time.monotonic()
-        self.consumer = build_consumer(self.settings, self.group_id, self.app.client_id)
-        self.consumer.subscribe(all_topics, listener=Listener(self._on_assigned, self._on_revoked,
-                                                              self._on_lost))
-        self._await_metadata(all_topics)
         self.app.middleware.before("worker_started", self)
         logger.info("ready: %d children up, joining group %s", len(self.pool.children), self.group_id)
         try:
