@@ -20,7 +20,8 @@ left out; the whole wall time of the worker process is shown too::
     python -m benchmarks.throughput --n 20000 --write docs/performance.md
     python -m benchmarks.throughput --n 20000 --profile      # the parent in-process, under cProfile
 
-The target is a ratio ktasks/bare of at least 0.3.
+With ``--pure-crc`` every contender runs again with the ``crc32c`` package
+hidden, so kafka-python falls back to its pure-Python CRC-32C.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import textwrap
 import time
 import uuid
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -78,27 +80,29 @@ class Run:
     cpu: float | None = None    # CPU seconds of the worker and its children, start-up included (ktasks only)
 
 
+#: The CRC-32C implementations a run can use: the ``crc32c`` package (C), or kafka-python's own.
+CRCS = ("C", "pure-Python")
+#: What each CRC mode runs: the bare loop and ktasks at WARNING (``rounds`` times each), INFO and no ledger.
+KINDS = ("bare", "warning", "info", "no-ledger")
+
+
 @dataclass
 class Results:
-    ktasks: list[Run] = field(default_factory=list)
-    bare: list[Run] = field(default_factory=list)
-    info: Run | None = None
-    no_ledger: Run | None = None
+    runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)   # (crc, kind) -> runs
     # Same-run pairs with the ledger changelog on (the default) and off: what it costs.
     changelog_on: list[Run] = field(default_factory=list)
     changelog_off: list[Run] = field(default_factory=list)
 
-    @property
-    def best_ktasks(self) -> float:
-        return max(r.rate for r in self.ktasks)
+    def add(self, crc: str, kind: str, run: Run) -> None:
+        self.runs.setdefault((crc, kind), []).append(run)
 
-    @property
-    def best_bare(self) -> float:
-        return max(r.rate for r in self.bare)
+    def best(self, crc: str, kind: str) -> Run | None:
+        runs = self.runs.get((crc, kind))
+        return max(runs, key=lambda r: r.rate) if runs else None
 
-    @property
-    def ratio(self) -> float:
-        return self.best_ktasks / self.best_bare
+    def ratio(self, crc: str = "C", kind: str = "warning", to: str = "bare") -> float | None:
+        a, b = self.best(crc, kind), self.best(crc, to)
+        return None if a is None or b is None else a.rate / b.rate
 
 
 class Bench:
@@ -143,7 +147,7 @@ class Bench:
 
     # -- ktasks -------------------------------------------------------------------
     def ktasks(self, loglevel: str = "WARNING", ledger_on: bool = True, extra_args: tuple[str, ...] = (),
-               extra_env: dict[str, str] | None = None, label: str = "") -> Run:
+               extra_env: dict[str, str] | None = None, label: str = "", crc: str = "C") -> Run:
         group = self._group("ktasks")
         ledger = self.dir / f"{group}.ledger.sqlite3"
         log = self.dir / f"{group}.log"
@@ -155,6 +159,9 @@ class Bench:
         # A changelog of its own per run: every run drains the same records (same task ids),
         # which a shared changelog would tell the next run's fresh ledger were done.
         env["KTASKS_LEDGER_CHANGELOG_SUFFIX"] = f".ledger-{group}"
+        if crc != "C":
+            # A crc32c module that fails to import, ahead of the real one: kafka-python falls back.
+            env["PYTHONPATH"] = os.pathsep.join([str(self._hide_crc32c()), env["PYTHONPATH"]])
         env.update(extra_env or {})
         began = time.time()
         # CPU of the worker and its children (waited for by it, then by us): unlike the rate,
@@ -205,8 +212,27 @@ class Bench:
         return Run(f"ktasks worker -c {CONCURRENCY} --burst, ledger {what}, "
                    f"--loglevel {loglevel}{label}", self.n / seconds, seconds, wall, cpu)
 
+    def _hide_crc32c(self) -> Path:
+        shadow = self.dir / "no-crc32c"
+        (shadow / "crc32c").mkdir(parents=True, exist_ok=True)
+        (shadow / "crc32c" / "__init__.py").write_text(
+            'raise ImportError("crc32c hidden by benchmarks.throughput (pure-Python CRC run)")\n')
+        return shadow
+
     # -- bare -------------------------------------------------------------------
-    def bare(self) -> Run:
+    def bare(self, crc: str = "C") -> Run:
+        from kafka.record import util as record_util
+
+        # kafka-python binds its CRC function as a default argument: swap it for this run.
+        saved = record_util.calc_crc32c.__defaults__
+        if crc != "C":
+            record_util.calc_crc32c.__defaults__ = (record_util.crc32c_py,)
+        try:
+            return self._bare()
+        finally:
+            record_util.calc_crc32c.__defaults__ = saved
+
+    def _bare(self) -> Run:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self._group("bare"),
                                  enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500)
         consumer.subscribe([self.topic])
@@ -258,9 +284,9 @@ class Bench:
         consumer.close()
         from kafka.record import util as record_util
 
-        crc = "C" if record_util.crc32c_c is not None else "pure-Python"
+        crc = f"crc32c {metadata.version('crc32c')}" if record_util.crc32c_c is not None else "no crc32c package"
         return (f"{os.cpu_count()} cores ({platform.machine()}, {platform.system()}), "
-                f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc} CRC-32C), "
+                f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc}), "
                 f"msgpack {'.'.join(map(str, msgpack.version))}, SQLite {sqlite3.sqlite_version}, "
                 f"broker API version {broker} (as detected by kafka-python)")
 
@@ -271,20 +297,41 @@ class Bench:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+_KIND_LABELS = {
+    "bare": "bare kafka-python poll + commit loop",
+    "warning": f"ktasks worker -c {CONCURRENCY} --burst, ledger on, --loglevel WARNING",
+    "info": f"ktasks worker -c {CONCURRENCY} --burst, ledger on, --loglevel INFO",
+    "no-ledger": f"ktasks worker -c {CONCURRENCY} --burst, --no-ledger, --loglevel WARNING",
+}
+
+
 def render(results: Results, n: int, partitions: int, command: str, where: str, notes: str) -> str:
-    rows = [(r.label, r) for r in results.ktasks] + [(r.label, r) for r in results.bare]
-    if results.info is not None:
-        rows.append((results.info.label + " (once)", results.info))
-    if results.no_ledger is not None:
-        rows.append((results.no_ledger.label + " (once, for reference; see below)", results.no_ledger))
-    table = "\n".join(
-        f"| {label} | {r.rate:,.0f} | {r.seconds:.2f} | {'' if r.wall is None else f'{r.wall:.1f}'} |"
-        for label, r in rows)
+    rows = []
+    for crc in CRCS:
+        for kind in KINDS:
+            runs = results.runs.get((crc, kind))
+            best = results.best(crc, kind)
+            if not runs or best is None:
+                continue
+            ratio = results.ratio(crc, kind)
+            cpu = min((r.cpu for r in runs if r.cpu is not None), default=None)
+            rows.append(f"| {_KIND_LABELS[kind]} | {crc} | {best.rate:,.0f} | "
+                        f"{', '.join(f'{r.rate:,.0f}' for r in runs)} | "
+                        f"{'' if ratio is None else f'{ratio:.2f}'} | {'' if cpu is None else f'{cpu:.1f}'} |")
+    lines = []
+    for crc in CRCS:
+        ratio, info = results.ratio(crc), results.ratio(crc, "info", "warning")
+        nol = results.ratio(crc, "no-ledger", "warning")
+        if ratio is None:
+            continue
+        line = f"- {crc} CRC-32C: ktasks at WARNING is **{ratio:.2f}** of the bare loop"
+        if info is not None:
+            line += f"; at INFO it does **{info:.2f}** of its WARNING rate"
+        if nol is not None:
+            line += f"; with `--no-ledger`, {nol:.2f}x its rate with the ledger"
+        lines.append(line + ".")
+    summary = "\n".join(lines)
     info = ""
-    if results.info is not None:
-        info += (f"\nAt `--loglevel INFO` (a start and a finish line per task, from the children) the worker "
-                 f"does {results.info.rate:,.0f} records/s, {results.info.rate / results.best_ktasks:.2f} of "
-                 f"its best WARNING rate.\n")
     if results.changelog_on and results.changelog_off:
         on, off = max(r.rate for r in results.changelog_on), max(r.rate for r in results.changelog_off)
         pairs = ", ".join(f"{a.rate:,.0f} on / {b.rate:,.0f} off"
@@ -296,25 +343,23 @@ def render(results: Results, n: int, partitions: int, command: str, where: str, 
                  f"**{on / off:.2f}**. Worker CPU (parent and children, start-up included), least of each: "
                  f"{cpu_on:.2f} s on, {cpu_off:.2f} s off: **{cpu_off / cpu_on:.2f}x** the rate a CPU-bound "
                  f"drain would keep.\n")
-    if results.no_ledger is not None:
-        info += (f"\nWith `--no-ledger` it does {results.no_ledger.rate:,.0f} records/s "
-                 f"({results.no_ledger.rate / results.best_ktasks:.2f}x its best rate with the ledger). "
-                 f"Without a ledger nothing dates the first task, so that run counts from the first "
-                 f"commit seen, up to one commit interval (200 ms) late: a flattering figure.\n")
     return (
         f"## {SECTION}\n\n"
         f"{n:,} records of a no-op task (three small arguments) on one topic with {partitions} partitions, "
         f"produced once, then drained by each contender in its own consumer group, so all read the same "
         f"records in the same run. ktasks: `ktasks worker -c {CONCURRENCY} --burst` as a subprocess, with "
-        f"the ledger on (a fresh file per run). Bare: one kafka-python `KafkaConsumer` that polls and "
-        f"commits the explicit offsets of every poll batch, and does nothing else. Rates count from the "
-        f"first task start (the ledger's earliest `started_at`; for the bare loop, its first non-empty "
-        f"poll) until the group's committed offsets cover every record, so start-up and the group join "
-        f"are not counted; the worker process's whole wall time is shown apart.\n\n"
+        f"the ledger (a fresh file per run) and its changelog on unless the row says otherwise. Bare: one "
+        f"kafka-python `KafkaConsumer` that polls and commits the explicit offsets of every poll batch, and "
+        f"does nothing else. Rates count from the first task start (the ledger's earliest `started_at`; for "
+        f"the bare loop, its first non-empty poll) until the group's committed offsets cover every record, "
+        f"so start-up and the group join are not counted. Every contender ran once with the `crc32c` "
+        f"package (C) and once with it hidden (kafka-python's pure-Python CRC-32C, what an install without "
+        f"it gets). Worker CPU is the worker and its children, start-up included.\n\n"
         f"- Machine: {where}; the broker runs on the same machine\n"
         f"- Command: `{command}`\n\n"
-        f"| | records/s | seconds | worker wall time, s |\n|---|---:|---:|---:|\n{table}\n\n"
-        f"Ratio: **{results.ratio:.2f}** of the bare loop, best run of each (target: at least 0.30).\n"
+        f"| | CRC-32C | records/s (best) | all runs | ratio to the bare loop (same CRC) | worker CPU, s |\n"
+        f"|---|---|---:|---|---:|---:|\n" + "\n".join(rows) + "\n\n"
+        f"{summary}\n"
         f"{info}"
         f"{notes}"
         f"\n{KEEP_MARKER}\n"
@@ -333,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changelog-rounds", type=int, default=0,
                         help="also this many pairs of runs with the ledger changelog on and off")
     parser.add_argument("--no-bare", action="store_true", help="skip the main rounds (with --changelog-rounds)")
+    parser.add_argument("--pure-crc", action="store_true",
+                        help="run everything a second time with the crc32c package hidden (pure-Python CRC-32C)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: drain once with the worker parent in-process under cProfile")
     parser.add_argument("--top", type=int, default=30, help="profile entries to print")
@@ -349,14 +396,24 @@ def main(argv: list[str] | None = None) -> int:
             ok = True
             return 0
         results = Results()
-        for r in range(0 if args.no_bare else args.rounds):
-            order = ["ktasks", "bare"] if r % 2 == 0 else ["bare", "ktasks"]
-            for which in order:
-                run = bench.ktasks() if which == "ktasks" else bench.bare()
-                (results.ktasks if which == "ktasks" else results.bare).append(run)
-                wall = f" (worker wall time {run.wall:.1f}s)" if run.wall is not None else ""
-                print(f"round {r + 1}: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s{wall}",
-                      flush=True)
+        for crc in CRCS if args.pure_crc else CRCS[:1]:
+            for r in range(0 if args.no_bare else args.rounds):
+                order = ["warning", "bare"] if r % 2 == 0 else ["bare", "warning"]
+                for kind in order:
+                    run = bench.ktasks(crc=crc) if kind == "warning" else bench.bare(crc)
+                    results.add(crc, kind, run)
+                    print(f"{crc} CRC, round {r + 1}: {run.label}: {run.rate:,.0f} records/s in "
+                          f"{run.seconds:.2f}s", flush=True)
+            if args.no_bare:
+                continue
+            if not args.no_info:
+                run = bench.ktasks("INFO", crc=crc)
+                results.add(crc, "info", run)
+                print(f"{crc} CRC: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s", flush=True)
+            if args.no_ledger_run:
+                run = bench.ktasks(ledger_on=False, crc=crc)
+                results.add(crc, "no-ledger", run)
+                print(f"{crc} CRC: {run.label}: {run.rate:,.0f} records/s in {run.seconds:.2f}s", flush=True)
         for r in range(args.changelog_rounds):
             order = [True, False] if r % 2 == 0 else [False, True]
             for on in order:
@@ -366,16 +423,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"worker CPU {run.cpu:.2f}s", flush=True)
         if args.no_bare:
             return 0
-        if not args.no_info:
-            results.info = bench.ktasks("INFO")
-            print(f"{results.info.label}: {results.info.rate:,.0f} records/s in {results.info.seconds:.2f}s",
-                  flush=True)
-        if args.no_ledger_run:
-            results.no_ledger = bench.ktasks(ledger_on=False)
-            print(f"{results.no_ledger.label}: {results.no_ledger.rate:,.0f} records/s in "
-                  f"{results.no_ledger.seconds:.2f}s", flush=True)
-        print(f"ktasks {results.best_ktasks:,.0f} records/s, bare {results.best_bare:,.0f} records/s, "
-              f"ratio {results.ratio:.2f}")
+        for crc in CRCS:
+            ours, bare = results.best(crc, "warning"), results.best(crc, "bare")
+            if ours is not None and bare is not None:
+                print(f"{crc} CRC: ktasks {ours.rate:,.0f} records/s, bare {bare.rate:,.0f} records/s, "
+                      f"ratio {ours.rate / bare.rate:.2f}")
         if args.write:
             command = "python -m benchmarks.throughput " + " ".join(sys.argv[1:] if argv is None else argv)
             notes = "\n" + args.notes.read_text().strip() + "\n" if args.notes else ""

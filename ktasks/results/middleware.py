@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Meta keys whose task's outcome goes somewhere (a chain's next step, its last step's waiter, a chord).
+_WORKFLOW_META = frozenset({META_CHAIN, META_FINAL, META_CHORD})
+
 __all__ = ["ResultsMiddleware", "results_middleware"]
 
 #: Dead-letter reasons whose failure the child already published (from ``after_task``).
@@ -88,6 +91,8 @@ class ResultsMiddleware(Middleware):
     # -- worker child (and eager mode) ------------------------------------------
     def after_task(self, ctx: TaskContext, result: Any, exc: BaseException | None) -> None:
         msg = ctx.message
+        if not self.app.settings.eager and not self.stores(msg) and not _WORKFLOW_META.intersection(msg.meta):
+            return      # nothing to publish: no result stored, no chain, chord or waiter to tell
         if exc is not None and ctx.task.should_retry(exc, msg.attempt):
             return      # another attempt follows: nothing is final yet
         if exc is None:

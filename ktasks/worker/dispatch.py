@@ -4,7 +4,9 @@ The ready queue holds jobs in the order they may run (a key's next job goes
 to its front when the one before it finishes). Quick tasks go to a child in
 batches, so a no-op task does not cost a pipe round trip each; a task not
 known to be quick goes alone, so nothing waits behind it in a busy child
-while others idle. A child that dies fails the job it was running (the
+while others idle. When every child is busy, one running a short task (under
+0.1 s on average) is handed its next job, which it starts without waiting for
+the round trip through the parent's loop. A child that dies fails the job it was running (the
 parent knows which from the child's shared state) and its other jobs run
 again; a child past a task's hard time limit is killed here.
 """
@@ -28,10 +30,12 @@ from .protocol import OK, job_wire
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "QUICK_TASK_S"]
+__all__ = ["Dispatcher", "LOOKAHEAD_TASK_S", "QUICK_TASK_S"]
 
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
+#: A child running a task whose average run time is below this is handed its next job meanwhile.
+LOOKAHEAD_TASK_S = 0.1
 
 
 class Dispatcher:
@@ -70,13 +74,11 @@ class Dispatcher:
     def dispatch(self) -> None:
         if not self.ready:
             return
-        idle = self.pool.idle()
-        if not idle:
-            return
         stack = self.outcomes.app.middleware
         room = stack.dispatch_room() if stack.has("dispatch_room") else None
         if room == 0:
             return
+        idle = self.pool.idle()
         size = max(1, min(self.settings.max_batch, math.ceil(len(self.ready) / len(self.pool.children))))
         limit = self.settings.max_tasks_per_child
         for child in idle:
@@ -86,32 +88,61 @@ class Dispatcher:
                 take = min(take, child.capacity - len(child.outstanding))
             if room is not None:
                 take = min(take, room)
-            jobs: list[Job] = []
-            while self.ready and len(jobs) < take:
-                job = self.ready[0]
-                if not self.partitions.owns(job) or job.ps.revoking:
-                    self.ready.popleft()
-                    continue
-                quick = child.capacity > 1 or self.durations.get(job.task.name, QUICK_TASK_S) < QUICK_TASK_S
-                if jobs and not quick:
-                    break
-                jobs.append(self.ready.popleft())
-                if not quick:
-                    break
-            if not jobs:
+            given = self._give(child, take)
+            if not given:
                 return
-            self.pool.dispatch(child, jobs, [job_wire(j) for j in jobs])
-            self.in_flight += len(jobs)
-            if stack.has("tasks_dispatched"):
-                stack.after("tasks_dispatched", [Dispatched(
-                    j.record.topic, j.record.partition, j.offset, j.task.name,
-                    j.message.ledger_key if j.message is not None else "") for j in jobs])
             if room is not None:
-                room -= len(jobs)
+                room -= given
                 if room <= 0:
                     return
             if not self.ready:
                 return
+        # Every child is busy and jobs still wait: a child running a short task gets its next
+        # job now, so it starts it without waiting for a round trip through this loop.
+        for child in self.pool.children:
+            if not self.ready or (room is not None and room <= 0):
+                return
+            if self._looks_ahead(child) and self._give(child, 1) and room is not None:
+                room -= 1
+
+    def _looks_ahead(self, child: ChildProc) -> bool:
+        """Whether busy ``child`` takes one job more: it runs a single task whose average run time
+        is under :data:`LOOKAHEAD_TASK_S`, so that job waits a short time at most."""
+        if not child.ready or child.retiring or child.capacity != 1 or len(child.outstanding) != 1:
+            return False
+        limit = self.settings.max_tasks_per_child
+        if limit and child.tasks_done + 2 > limit:
+            return False
+        running = next(iter(child.outstanding.values()))
+        if running.task is None:
+            return False
+        avg = self.durations.get(running.task.name)
+        return avg is not None and avg < LOOKAHEAD_TASK_S
+
+    def _give(self, child: ChildProc, take: int) -> int:
+        """Hand ``child`` up to ``take`` ready jobs (quick ones batched, others alone); how many it got."""
+        jobs: list[Job] = []
+        while self.ready and len(jobs) < take:
+            job = self.ready[0]
+            if not self.partitions.owns(job) or job.ps.revoking:
+                self.ready.popleft()
+                continue
+            quick = child.capacity > 1 or self.durations.get(job.task.name, QUICK_TASK_S) < QUICK_TASK_S
+            if jobs and not quick:
+                break
+            jobs.append(self.ready.popleft())
+            if not quick:
+                break
+        if not jobs:
+            return 0
+        self.pool.dispatch(child, jobs, [job_wire(j) for j in jobs])
+        self.in_flight += len(jobs)
+        stack = self.outcomes.app.middleware
+        if stack.has("tasks_dispatched"):
+            stack.after("tasks_dispatched", [Dispatched(
+                j.record.topic, j.record.partition, j.offset, j.task.name,
+                j.message.ledger_key if j.message is not None else "") for j in jobs])
+        return len(jobs)
 
     def collect(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for results and deaths, and end the jobs they concern."""

@@ -68,6 +68,8 @@ class Child:
     outstanding: dict[int, Any] = field(default_factory=dict)
     tasks_done: int = 0
     batches: list[list[int]] = field(default_factory=list)
+    ready: bool = True
+    retiring: bool = False
 
     @property
     def idle(self) -> bool:

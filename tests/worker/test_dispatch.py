@@ -24,6 +24,36 @@ def test_a_task_not_known_to_be_quick_goes_alone() -> None:
     assert m.dispatcher.in_flight == 2 and len(m.dispatcher.ready) == 1
 
 
+def test_a_busy_child_running_a_short_task_is_handed_its_next_job() -> None:
+    m = Machine(children=2)
+    m.dispatcher.durations["quick"] = 0.01       # 10 ms: not batched, but short
+    _ready(m, 5)
+    m.dispatcher.dispatch()
+    # Idle children first, one job each; then one more each, waiting in their pipes.
+    assert [c.batches for c in m.pool.children] == [[[0], [2]], [[1], [3]]]
+    assert len(m.dispatcher.ready) == 1
+    m.dispatcher.dispatch()
+    assert [len(c.outstanding) for c in m.pool.children] == [2, 2], "never more than one job ahead"
+
+
+def test_no_job_waits_behind_a_task_that_is_long_or_not_known() -> None:
+    for durations in ({"quick": 0.5}, {}):
+        m = Machine(children=2)
+        m.dispatcher.durations.update(durations)
+        _ready(m, 5)
+        m.dispatcher.dispatch()
+        assert [c.batches for c in m.pool.children] == [[[0]], [[1]]]
+
+
+def test_no_job_ahead_past_max_tasks_per_child() -> None:
+    m = Machine(children=1, max_tasks_per_child=3)
+    m.dispatcher.durations["quick"] = 0.01
+    m.pool.children[0].tasks_done = 2
+    _ready(m, 3)
+    m.dispatcher.dispatch()
+    assert m.pool.children[0].batches == [[0]]
+
+
 def test_quick_tasks_are_batched_and_spread_over_the_children() -> None:
     m = Machine(children=2, max_batch=3)
     m.dispatcher.durations["quick"] = 0.0001
