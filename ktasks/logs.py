@@ -13,7 +13,7 @@ task's own code logs while it runs get the same fields, through
 ``--log-format json`` writes one JSON object per line::
 
     {"ts": "2026-11-29T10:00:00.123Z", "level": "INFO", "logger": "ktasks.worker.child",
-     "process": "child-0", "pid": 4242, "message": "task billing.charge[ab12] succeeded in 0.012s: None",
+     "process": "child-0", "pid": 4242, "message": "task billing.charge[ab12] succeeded in 0.012s (attempt 0): None",
      "task_name": "billing.charge", "task_id": "ab12", "topic": "billing.tasks", "partition": 3,
      "offset": 1041}
 

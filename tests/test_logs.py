@@ -25,6 +25,7 @@ from tests.fixtures.worker import wait_effects
 
 SOURCE = """
 import logging
+import time
 
 log = logging.getLogger("myapp.tasks")
 
@@ -36,6 +37,10 @@ def hello(n):
 @app.task(max_retries=0)
 def fails(n):
     raise RuntimeError(f"boom {n}")
+
+@app.task
+def slow(n):
+    time.sleep(1.3)
 """
 
 
@@ -50,8 +55,11 @@ def test_json_log_lines_from_a_real_worker(project: Any) -> None:
         sent[handle.id] = record
     bad = p.app_module.fails.delay(9)
     sent[bad.id] = bad.wait_sent(timeout=30)
+    slow = p.app_module.slow.delay(1)
+    sent[slow.id] = slow.wait_sent(timeout=30)
     wait_effects(p, "ran", 4)
     w.wait_for_log("sending to the dead-letter topic")
+    w.wait_for_log(f"slow[{slow.id}] succeeded in")
     assert w.stop() == 0
 
     lines = [line for line in w.log().splitlines() if line.strip()]
@@ -66,14 +74,24 @@ def test_json_log_lines_from_a_real_worker(project: Any) -> None:
         assert e["topic"] == where.topic
         assert e["partition"] == where.partition
         assert e["offset"] == where.offset
-        assert e["task_name"].endswith((".hello", ".fails"))
+        assert e["task_name"].endswith((".hello", ".fails", ".slow"))
 
     def messages(task_id: str) -> list[str]:
         return [e["message"] for e in task_lines if e["task_id"] == task_id]
 
+    def child_lines(task_id: str) -> list[str]:
+        return [e["message"] for e in task_lines if e["task_id"] == task_id and e["logger"] == "ktasks.worker.child"]
+
     for task_id in sent:
-        assert any(" started (attempt 0)" in m for m in messages(task_id))
-    assert any("succeeded in" in m for tid in sent if tid != bad.id for m in messages(tid))
+        assert any("(attempt 0" in m for m in messages(task_id)), messages(task_id)
+    for task_id in sent:
+        if task_id not in (bad.id, slow.id):
+            # A quick task: one line as it ends, naming its attempt and run time.
+            (line,) = child_lines(task_id)
+            assert " succeeded in " in line and "(attempt 0): None" in line
+    # A task still running after a second has its start logged while it runs, then its end.
+    started, ended = child_lines(slow.id)
+    assert "started (attempt 0), running for 1." in started and "succeeded in 1.3" in ended
     failed = [e for e in task_lines if e["task_id"] == bad.id and e["level"] == "ERROR"]
     assert failed and "boom 9" in failed[0]["message"]
 

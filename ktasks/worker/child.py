@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -48,6 +49,8 @@ RUNNING = "running"
 RESULT_FLUSH_S = 0.05
 #: While a task's ledger key runs in another live process, a line about the wait this often.
 RUNNING_LOG_S = 60.0
+#: At INFO a task gets one line when it ends, and a "started" line too once it has run this long.
+STARTED_LINE_AFTER_S = 1.0
 
 
 def load_app(spec: str) -> Any:
@@ -86,6 +89,10 @@ class Child:
         self._unsent: list[list[Any]] = []     # results the parent has not been sent yet
         self._unsent_since = 0.0                # when the oldest of them finished (monotonic)
         self._carried = False                   # they are the previous batch's, held for its successor's start
+        # The running task, for its "started" line once it has run STARTED_LINE_AFTER_S (at INFO):
+        # (monotonic start, name, id, attempt, log fields), or None.
+        self._started_line: tuple[float, str, str, int, dict[str, Any]] | None = None
+        self._start_lines: threading.Thread | None = None
 
     def serve(self) -> None:
         self.conn.send_bytes(pack([READY, self.pid]))
@@ -109,6 +116,7 @@ class Child:
                 result = self._run_one(*job)
             finally:
                 self.state[1] = 0.0
+                self._started_line = None
                 bind_task(None)
             if not self._unsent:
                 self._unsent_since = time.monotonic()
@@ -169,8 +177,12 @@ class Child:
         if self._carried:
             self._send_unsent()    # the previous batch's: before this task runs, however long it takes
         faults.point("before_task", self.parent_pid)
-        log_line(logger, logging.INFO, "task %s[%s] started (attempt %d)", msg.task, msg.id, msg.attempt,
-                 extra=log_extra)
+        if logger.isEnabledFor(logging.INFO):
+            self._started_line = (time.monotonic(), msg.task, msg.id, msg.attempt, log_extra)
+            if self._start_lines is None:
+                self._start_lines = threading.Thread(target=self._log_long_starts, name="ktasks-start-lines",
+                                                     daemon=True)
+                self._start_lines.start()
         if self.transactional:
             # Every record the task and its middleware send is held, and commits with its offset.
             with self.app.capture_sends() as captured:
@@ -179,6 +191,27 @@ class Child:
                 out.append([c.record for c in captured])
             return out
         return self._run_started(seq, task, msg, ctx, soft_limit_s, log_extra)
+
+    def _log_long_starts(self) -> None:
+        """Log "started" for a task once it has run :data:`STARTED_LINE_AFTER_S` (a thread; INFO only).
+
+        A quick task gets a single line when it ends, which names its attempt and
+        run time: a second line per task was a third of a busy worker's time at
+        INFO. A task still running after a second gets its start logged, so
+        what a child is busy with shows up in the log while it runs.
+        """
+        told: tuple[float, str, str, int, dict[str, Any]] | None = None
+        while True:
+            time.sleep(STARTED_LINE_AFTER_S / 4)
+            running = self._started_line
+            if running is None or running is told:
+                continue
+            since, name, task_id, attempt, log_extra = running
+            ran_s = time.monotonic() - since
+            if ran_s >= STARTED_LINE_AFTER_S:
+                told = running
+                log_line(logger, logging.INFO, "task %s[%s] started (attempt %d), running for %.1fs", name, task_id,
+                         attempt, ran_s, extra=log_extra)
 
     def _run_started(self, seq: int, task: Any, msg: Any, ctx: TaskContext, soft_limit_s: float | None,
                      log_extra: dict[str, Any]) -> list[Any]:
@@ -232,8 +265,9 @@ class Child:
         if error is None:
             if logger.isEnabledFor(logging.INFO):
                 shown = repr(result)
-                log_line(logger, logging.INFO, "task %s[%s] succeeded in %.3fs: %s", msg.task, msg.id, duration,
-                         shown if len(shown) <= 120 else shown[:117] + "...", extra=log_extra)
+                log_line(logger, logging.INFO, "task %s[%s] succeeded in %.3fs (attempt %d): %s", msg.task, msg.id,
+                         duration, msg.attempt, shown if len(shown) <= 120 else shown[:117] + "...",
+                         extra=log_extra)
             return [seq, OK, duration, None, None, None, None]
         return self._failed(seq, task, msg, error, duration, key, log_extra)
 
@@ -291,13 +325,13 @@ class Child:
         decision = retries.decide(task, error, msg.attempt)
         if decision.retry:
             delay = decision.delay_s
-            logger.warning("task %s[%s] failed in %.3fs (%s: %s); retry %d/%d in %.1fs", msg.task, msg.id,
-                           duration, exc_type, cause, msg.attempt + 1, task.max_retries(), delay,
+            logger.warning("task %s[%s] failed in %.3fs (attempt %d, %s: %s); retry %d/%d in %.1fs", msg.task,
+                           msg.id, duration, msg.attempt, exc_type, cause, msg.attempt + 1, task.max_retries(), delay,
                            extra=log_extra)
             return [seq, RETRY, duration, delay, exc_type, str(cause), tb]
         reason = decision.reason
-        logger.error("task %s[%s] failed in %.3fs (%s: %s); %s, sending to the dead-letter topic",
-                     msg.task, msg.id, duration, exc_type, cause, reason, extra=log_extra)
+        logger.error("task %s[%s] failed in %.3fs (attempt %d, %s: %s); %s, sending to the dead-letter topic",
+                     msg.task, msg.id, duration, msg.attempt, exc_type, cause, reason, extra=log_extra)
         return [seq, DEAD, duration, reason, exc_type, str(cause), tb]
 
 

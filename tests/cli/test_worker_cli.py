@@ -51,7 +51,7 @@ def test_burst_exits_0_after_the_backlog_with_plain_logs(project: Any, kafka_adm
     assert "61 succeeded, 0 skipped (already done), 1 retried, 0 dead-lettered" in log
     # No terminal: no progress line, and the children's task lines are there.
     assert "\r" not in log and "tasks/s ·" not in log
-    assert "started (attempt 0)" in log
+    assert "(attempt 0): None" in log
 
 
 def test_burst_progress_line_when_asked(project: Any) -> None:
@@ -67,7 +67,7 @@ def test_burst_progress_line_when_asked(project: Any) -> None:
     assert final[-1].startswith("burst: 41 done (1 retried, 0 dead)")
     assert " · 0 left · ETA 0:00" in final[-1]
     # While the line is shown, children log warnings only (the retry), not every task.
-    assert "started (attempt 0)" not in log
+    assert "succeeded in" not in log
     assert "first attempt fails" in log
     assert "worker stopped after" in log
 
