@@ -60,7 +60,19 @@ STALL_S = 180.0   # a loaded machine can take a minute to start a worker
 KEEP_MARKER = "<!-- benchmarks/throughput.py: text below this line is kept when the figures are rewritten -->"
 
 APP_SOURCE = '''
+import atexit
+import cProfile
+import multiprocessing
+import os
+
 from ktasks import App
+
+if os.environ.get("BENCH_CHILD_PROFILE_DIR") and multiprocessing.current_process().name.startswith("ktasks-child"):
+    # --profile: a worker child profiles itself from the import of the app until it exits.
+    _profile = cProfile.Profile()
+    _profile.enable()
+    atexit.register(lambda: _profile.dump_stats(os.path.join(
+        os.environ["BENCH_CHILD_PROFILE_DIR"], f"child-{{os.getpid()}}.prof")))
 
 app = App({name!r}, bootstrap_servers={bootstrap!r}, default_topic={topic!r}, partitions={partitions})
 
@@ -265,17 +277,30 @@ class Bench:
         worker = Worker(self.app, f"{self.module}:app", concurrency=CONCURRENCY, group_id=group,
                         loglevel="WARNING", burst=True,
                         overrides={"ledger_path": str(self.dir / f"{group}.ledger.sqlite3")})
+        children = self.dir / "child-profiles"
+        children.mkdir(exist_ok=True)
+        os.environ["BENCH_CHILD_PROFILE_DIR"] = str(children)   # inherited by the spawned children
         prof = cProfile.Profile()
         start = time.perf_counter()
         prof.enable()
-        code = worker.run()
-        prof.disable()
+        try:
+            code = worker.run()
+        finally:
+            prof.disable()
+            del os.environ["BENCH_CHILD_PROFILE_DIR"]
         print(f"in-process worker: exit {code}, {time.perf_counter() - start:.1f}s including start-up",
               flush=True)
         out = io.StringIO()
+        out.write("== worker parent (main thread) ==\n")
         stats = pstats.Stats(prof, stream=out)
         stats.sort_stats("tottime").print_stats(top)
         stats.sort_stats("cumulative").print_stats(top)
+        dumps = sorted(str(p) for p in children.glob("child-*.prof"))
+        if dumps:
+            out.write(f"== the {len(dumps)} children, together ==\n")
+            stats = pstats.Stats(*dumps, stream=out)
+            stats.sort_stats("tottime").print_stats(top)
+            stats.sort_stats("cumulative").print_stats(top)
         return out.getvalue()
 
     def machine(self) -> str:
