@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from kafka import TopicPartition
 
 from ktasks.worker.protocol import DEAD, OK, RETRY
@@ -43,6 +45,21 @@ def test_no_job_waits_behind_a_task_that_is_long_or_not_known() -> None:
         _ready(m, 5)
         m.dispatcher.dispatch()
         assert [c.batches for c in m.pool.children] == [[[0]], [[1]]]
+
+
+def test_no_job_ahead_of_a_short_task_that_has_run_long_already() -> None:
+    m = Machine(children=2)
+    m.dispatcher.durations["quick"] = 0.01
+    _ready(m, 2)
+    m.dispatcher.dispatch()
+    # This execution of a usually short task has run for a second: nothing waits behind it.
+    m.pool.children[0].since = time.monotonic() - 1.0
+    m.pool.children[1].since = time.monotonic()
+    for o in range(2, 4):
+        m.dispatcher.queue(m.job(TP, o))
+    m.dispatcher.dispatch()
+    assert [c.batches for c in m.pool.children] == [[[0]], [[1], [2]]]
+    assert len(m.dispatcher.ready) == 1
 
 
 def test_no_job_ahead_past_max_tasks_per_child() -> None:
