@@ -27,7 +27,7 @@ from pathlib import Path
 import kafka
 from kafka import KafkaProducer
 
-from benchmarks.report import write_section
+from benchmarks.report import crc_in_use, write_section
 from ktasks import App
 from ktasks.message import Message, encode, headers_of
 
@@ -99,7 +99,7 @@ def machine(app: App) -> str:
     producer = app.producer.get()
     broker = ".".join(map(str, producer.config.get("api_version") or ())) or "unknown"
     return (f"{os.cpu_count()} cores ({platform.machine()}, {platform.system()}), "
-            f"Python {platform.python_version()}, kafka-python {kafka.__version__}, "
+            f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc_in_use()}, both sides), "
             f"broker API version {broker} (as detected by kafka-python)")
 
 

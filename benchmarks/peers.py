@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peerapps import procs, record
-from benchmarks.report import write_section
+from benchmarks.report import crc_in_use, write_section
 
 SECTION = "Against the peers"
 ROOT = Path(__file__).resolve().parent.parent
@@ -474,7 +474,8 @@ def versions(ctx: Context) -> str:
     redis_server = ctx.redis.version if ctx.redis is not None else "not available"
     from ktasks.dev import KAFKA_VERSION
 
-    return (f"Python {platform.python_version()}, ktasks {_version('ktasks')}, kafka-python {_version('kafka-python')}, "
+    return (f"Python {platform.python_version()}, ktasks {_version('ktasks')}, kafka-python {_version('kafka-python')} "
+            f"({crc_in_use()}, ktasks and the bare loop), "
             f"Kafka broker {KAFKA_VERSION}, celery {_version('celery')}, kombu {_version('kombu')}, "
             f"confluent-kafka {_version('confluent-kafka')}{librdkafka}, dramatiq {_version('dramatiq')}, "
             f"redis-py {_version('redis')}, redis-server {redis_server}")

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
-__all__ = ["write_section"]
+__all__ = ["crc_in_use", "write_section"]
+
+
+def crc_in_use() -> str:
+    """Which CRC-32C kafka-python checks and writes record batches with in this environment."""
+    from kafka.record import util as record_util
+
+    if record_util.crc32c_c is not None:
+        return f"C CRC-32C (crc32c {metadata.version('crc32c')})"
+    return "pure-Python CRC-32C (no crc32c package)"
 
 
 def write_section(path: Path, section: str, title: str, keep_marker: str | None = None) -> None:

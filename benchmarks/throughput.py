@@ -42,7 +42,6 @@ import textwrap
 import time
 import uuid
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ import msgpack
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import OffsetAndMetadata
 
-from benchmarks.report import write_section
+from benchmarks.report import crc_in_use, write_section
 
 SECTION = "Worker throughput"
 CONCURRENCY = 2
@@ -307,11 +306,9 @@ class Bench:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
         broker = ".".join(map(str, consumer.config.get("api_version") or ())) or "unknown"
         consumer.close()
-        from kafka.record import util as record_util
-
-        crc = f"crc32c {metadata.version('crc32c')}" if record_util.crc32c_c is not None else "no crc32c package"
         return (f"{os.cpu_count()} cores ({platform.machine()}, {platform.system()}), "
-                f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc}), "
+                f"Python {platform.python_version()}, kafka-python {kafka.__version__} ({crc_in_use()} installed; "
+                f"the pure-Python rows hide it), "
                 f"msgpack {'.'.join(map(str, msgpack.version))}, SQLite {sqlite3.sqlite_version}, "
                 f"broker API version {broker} (as detected by kafka-python)")
 
