@@ -20,6 +20,10 @@ def order(n):
 @app.task
 def ship(n):
     effect("ship", n=n)
+
+@app.task
+def warm_up():
+    effect("warm_up")
 """
 
 
@@ -40,20 +44,36 @@ def read_all(bootstrap: str, topic: str, isolation: str, settle_s: float = 3.0) 
 
 
 def task_names(records: list[Any]) -> list[str]:
-    return [dict(r.headers).get("ktasks-task", b"").decode() for r in records]
+    return [dict(r.headers).get("ktasks-task", b"").decode() for r in records
+            if not dict(r.headers).get("ktasks-task", b"").endswith(b".warm_up")]
+
+
+def arm_after_warm_up(p: Any, kafka_admin: Any, marker: Any) -> None:
+    """Let the fault guarded by ``marker`` fire at the next transaction, one that holds a task's records.
+
+    The first commit of a partition can hold its start position alone (a record was taken, none
+    finished yet); a fault that fired there would miss the task's records. A warm-up task is
+    run and committed first, with the fault held back by ``marker``, which is then removed.
+    """
+    p.app_module.warm_up.delay()
+    p.app.flush()
+    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 1, 60, message="the warm-up committed")
+    marker.unlink()
 
 
 def test_a_worker_killed_before_its_transaction_commits_leaves_no_follow_up_and_it_runs_once_after(
         project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=1)
     marker = p.dir / "fault-fired"
+    marker.touch()                               # held back until the warm-up committed
     a = p.worker("-c", "1", "--transactional", env={"KTASKS_FAULTS": f"transaction_prepared=kill-worker@{marker}"})
     a.wait_assigned()
+    arm_after_warm_up(p, kafka_admin, marker)
     handle = p.app_module.order.delay(1)
     p.app.flush()
     assert a.wait(60) == -signal.SIGKILL       # killed with the follow-up sent and the transaction open
     assert marker.exists()
-    assert p.committed(kafka_admin).get(0) in (None, 0), "the offset commit never happened"
+    assert p.committed(kafka_admin).get(0) == 1, "only the warm-up's offset was committed"
     sent = task_names(read_all(p.bootstrap, p.topic, "read_uncommitted"))
     assert [t.rsplit(".", 1)[-1] for t in sent] == ["order", "ship"], f"the follow-up was sent: {sent}"
     visible = task_names(read_all(p.bootstrap, p.topic, "read_committed"))
@@ -63,7 +83,7 @@ def test_a_worker_killed_before_its_transaction_commits_leaves_no_follow_up_and_
     b.wait_assigned()
     wait_effects(p, "ship", 1)
     assert handle.get(timeout=60) == 10, "the result, sent in B's transaction, reached the waiting sender"
-    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 4, 60,
+    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 5, 60,
                message="B committed the order and its follow-up")
     assert b.stop() == 0
     assert [e["n"] for e in p.effects("ship")] == [1], "the follow-up ran exactly once"
@@ -99,14 +119,19 @@ def add(x, y):
 def test_a_failed_transactional_commit_aborts_and_the_tasks_run_again_with_their_follow_ups_once(
         project: Any, kafka_admin: Any) -> None:
     p = project(SOURCE, partitions=1)
-    # The first commit fails while the worker lives: its transaction (order's follow-up and result) is aborted.
-    w = p.worker("-c", "1", "--transactional", env={"KTASKS_FAULTS": "commit=raise-retriable*1"})
+    # The commit of order's transaction fails while the worker lives: its follow-up and result are aborted.
+    # The fault is after the transaction's records were flushed, so the aborted copy is in the log: a
+    # failure before the flush (at "commit") could abort records the producer had not sent yet.
+    marker = p.dir / "fault-fired"
+    marker.touch()
+    w = p.worker("-c", "1", "--transactional", env={"KTASKS_FAULTS": f"transaction_prepared=raise-retriable@{marker}"})
     w.wait_assigned()
+    arm_after_warm_up(p, kafka_admin, marker)
     handle = p.app_module.order.delay(7)
     p.app.flush()
     assert handle.get(timeout=60) == 70
     wait_effects(p, "ship", 1)
-    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 2, 60, message="order and ship committed")
+    wait_until(lambda: (p.committed(kafka_admin).get(0) or 0) >= 3, 60, message="order and ship committed")
     assert w.stop() == 0
     assert "transaction aborted" in w.log()
     assert len(p.effects("order")) == 2, "the aborted task ran again"
