@@ -4,10 +4,7 @@ The ready queue holds jobs in the order they may run (a key's next job goes
 to its front when the one before it finishes). Quick tasks go to a child in
 batches, so a no-op task does not cost a pipe round trip each; a task not
 known to be quick goes alone, so nothing waits behind it in a busy child
-while others idle. When every child is busy, one running a short task (under
-0.1 s on average) is handed its next job, which it starts without waiting for
-the round trip through the parent's loop (not if that task has already run
-0.1 s). A child that dies fails the job it was running (the
+while others idle. A child that dies fails the job it was running (the
 parent knows which from the child's shared state) and its other jobs run
 again; a child past a task's hard time limit is killed here.
 """
@@ -31,12 +28,10 @@ from .protocol import OK, job_wire
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "LOOKAHEAD_TASK_S", "QUICK_TASK_S"]
+__all__ = ["Dispatcher", "QUICK_TASK_S"]
 
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
-#: A child running a task whose average run time is below this is handed its next job meanwhile.
-LOOKAHEAD_TASK_S = 0.1
 
 
 class Dispatcher:
@@ -98,36 +93,6 @@ class Dispatcher:
                     return
             if not self.ready:
                 return
-        # Every child is busy and jobs still wait: a child running a short task gets its next
-        # job now, so it starts it without waiting for a round trip through this loop.
-        for child in self.pool.children:
-            if not self.ready or (room is not None and room <= 0):
-                return
-            if self._looks_ahead(child) and self._give(child, 1) and room is not None:
-                room -= 1
-
-    def _looks_ahead(self, child: ChildProc) -> bool:
-        """Whether busy ``child`` takes one job more: it runs a single task whose average run time
-        is under :data:`LOOKAHEAD_TASK_S` and which has not run that long yet.
-
-        The job then waits behind that task: usually for less than the task's average,
-        at most for the task's own run (its hard time limit, if it has one) when this
-        execution turns out slow. A task already running longer than the limit gets
-        nothing more, so a slow record never holds a job it was not handed before.
-        """
-        if not child.ready or child.retiring or child.capacity != 1 or len(child.outstanding) != 1:
-            return False
-        limit = self.settings.max_tasks_per_child
-        if limit and child.tasks_done + 2 > limit:
-            return False
-        job = next(iter(child.outstanding.values()))
-        if job.task is None:
-            return False
-        avg = self.durations.get(job.task.name)
-        if avg is None or avg >= LOOKAHEAD_TASK_S:
-            return False
-        running = child.running()
-        return running is None or time.monotonic() - running[1] < LOOKAHEAD_TASK_S
 
     def _give(self, child: ChildProc, take: int) -> int:
         """Hand ``child`` up to ``take`` ready jobs (quick ones batched, others alone); how many it got."""
