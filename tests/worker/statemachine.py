@@ -68,14 +68,6 @@ class Child:
     outstanding: dict[int, Any] = field(default_factory=dict)
     tasks_done: int = 0
     batches: list[list[int]] = field(default_factory=list)
-    ready: bool = True
-    retiring: bool = False
-    since: float | None = None      # when its running task started (monotonic), if it runs one
-
-    def running(self) -> tuple[int, float] | None:
-        if self.since is None or not self.outstanding:
-            return None
-        return next(iter(self.outstanding)), self.since
 
     @property
     def idle(self) -> bool:
