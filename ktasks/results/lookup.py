@@ -8,9 +8,10 @@ stored in the last ``result_expires_s`` divided by ``results_partitions``
 (compaction keeps one record per id); at 100 results/s, a 1 h expiry and 12
 partitions that is about 30,000 keys compared, a few MB read. A lookup that
 has not found the id yet goes on reading new records until its timeout. It
-also reads up to an hour (at most ``result_expires_s``) before the expiry
-horizon, so a result that just expired raises ``ResultExpired`` rather than
-timing out; one the broker already deleted times out.
+also reads a while before the expiry horizon (``result_expires_s``, but at
+least a minute and at most an hour), so a result that expired recently raises
+``ResultExpired`` rather than timing out; one the broker already deleted, or
+older than that, times out.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["find_result"]
 
-#: How far past ``result_expires_s`` a lookup still reads, to say ``ResultExpired`` rather than time out.
-EXPIRED_GRACE_S = 3600
+#: How far past ``result_expires_s`` a lookup still reads, to say ``ResultExpired`` rather than time out:
+#: ``result_expires_s`` itself, within these bounds. The floor matters for short expiries, where a
+#: lookup made a few seconds late would otherwise time out on a result that merely expired.
+EXPIRED_GRACE_MIN_S = 60
+EXPIRED_GRACE_MAX_S = 3600
 
 
 def find_result(app: App, task_id: str, timeout_s: float | None) -> ResultRecord | None:
@@ -55,7 +59,8 @@ def find_result(app: App, task_id: str, timeout_s: float | None) -> ResultRecord
         consumer.assign([tp])
         # A little before the expiry horizon too, so a result just expired is reported as such.
         expires_s = settings.result_expires_s
-        since_ms = int((time.time() - expires_s - min(expires_s, EXPIRED_GRACE_S)) * 1000)
+        grace_s = min(max(expires_s, EXPIRED_GRACE_MIN_S), EXPIRED_GRACE_MAX_S)
+        since_ms = int((time.time() - expires_s - grace_s) * 1000)
         found = consumer.offsets_for_times({tp: since_ms}).get(tp)
         if found is None:
             consumer.seek_to_end(tp)     # nothing as recent: only what arrives from now on
