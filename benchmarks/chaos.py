@@ -433,7 +433,7 @@ def _changelog_successes(bootstrap: str, topic: str) -> Counter[str]:
     from kafka import KafkaConsumer, TopicPartition
 
     from ktasks.ledger import SUCCEEDED
-    from ktasks.ledger_restore import decode
+    from ktasks.ledger_restore import decode_all
 
     changelog = topic + ".ledger"
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="chaos-changelog", enable_auto_commit=False)
@@ -450,9 +450,9 @@ def _changelog_successes(bootstrap: str, topic: str) -> Counter[str]:
             for records in consumer.poll(500).values():
                 for r in records:
                     with contextlib.suppress(Exception):
-                        t = decode(r.key, r.value)
-                        if t.state == SUCCEEDED:
-                            counts[t.key] += 1
+                        for t in decode_all(r.key, r.value):
+                            if t.state == SUCCEEDED:
+                                counts[t.key] += 1
         return counts
     finally:
         consumer.close()

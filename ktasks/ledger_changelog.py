@@ -9,9 +9,11 @@ partition restores that changelog partition into its local ledger before it
 dispatches any record of it (:mod:`ktasks.ledger_restore`), so a record that
 finished on another host is skipped here.
 
-The parent writes from the outcome each child already reports, pipelined: a
-finished record's offset is committed only once its changelog record is
-acknowledged (:meth:`LedgerChangelog.commit_offsets` lowers the commit to the
+The parent writes from the outcome each child already reports, pipelined, and
+the finishes of one round of results as one record per changelog partition
+(:func:`ktasks.ledger_restore.encode_batch`; one ``send`` per task was a
+quarter of the parent's work on quick tasks): a finished record's offset is
+committed only once its changelog record is acknowledged (:meth:`LedgerChangelog.commit_offsets` lowers the commit to the
 first unacknowledged record), but nothing waits per task. A start is written
 only for a task still running one commit interval or so after its dispatch
 (quick tasks finish first and write only their finish), with the count the
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import TopicError
 from .kafka import OffsetAndMetadata, TopicPartition
 from .ledger import FAILED, POISONED, STARTED, SUCCEEDED, Ledger
-from .ledger_restore import Restorer, Transition, encode_key, encode_value
+from .ledger_restore import Restorer, Transition, encode_batch, encode_key, encode_value
 from .middleware import Dispatched, Middleware, TaskEvent
 from .worker import offsetmap
 
@@ -44,6 +46,12 @@ __all__ = ["LedgerChangelog", "changelog_topic", "changelog_configs", "STARTS_AF
 STARTS_AFTER_S = 0.25
 # How often the backpressure check counts the sends still waiting (a scan of the dict).
 SWEEP_S = 0.02
+#: Most finishes written as one record, and their most estimated bytes (a record stays far under
+#: the broker's ``message.max.bytes``, 1 MB by default).
+BATCH_MAX_ENTRIES = 500
+BATCH_MAX_BYTES = 256 * 1024
+# Estimated bytes of a batch entry besides its key and task: state, times, counts, host, pids.
+_ENTRY_OVERHEAD = 96
 #: A child lost with the task (killed, or past its hard time limit): the local ledger keeps
 #: the start, which counts towards max_starts; no finish is written.
 _LOST = ("worker-lost", "time-limit")
@@ -78,8 +86,13 @@ class LedgerChangelog(Middleware):
         self._changelog_of = changelogs          # task or retry topic -> changelog topic
         self._partitions = partitions            # changelog topic -> its partition count
         self._restorer = Restorer(settings, ledger_path, app.client_id)
-        # Finished records whose changelog record is not acknowledged yet: record tp -> offset -> send.
+        # Finished records whose changelog record is not acknowledged yet: record tp -> offset -> send
+        # (the records of one batch share its send).
         self._unacked: dict[TopicPartition, dict[int, _Send]] = {}
+        # Finishes gathered this round, per changelog partition: (record tp, offset, transition).
+        self._batches: dict[tuple[str, int], list[tuple[TopicPartition, int, Transition]]] = {}
+        self._batch_bytes: dict[tuple[str, int], int] = {}
+        self._batched = 0
         # Dispatched and not finished: (topic, partition, offset) -> (task, key, dispatched at).
         self._running: dict[tuple[str, int, int], tuple[str, str, float]] = {}
         self._ledger: Ledger | None = None       # the parent's own handle, on the loop thread
@@ -175,17 +188,43 @@ class LedgerChangelog(Middleware):
             state = FAILED
         else:
             return      # skipped (already recorded when it ran), never ran, or lost with its child
+        target = self._target(event.topic, event.partition)
+        if target is None:
+            return
         t = Transition(event.ledger_key, event.task, state, time.time())
         if state == SUCCEEDED and self.transactions is not None:
-            target = self._target(event.topic, event.partition)
-            if target is not None:
-                self.transactions.add([[target[0], encode_value(t), encode_key(t.key, t.task), [], target[1]]])
-                self.sent += 1
+            self.transactions.add([[target[0], encode_value(t), encode_key(t.key, t.task), [], target[1]]])
+            self.sent += 1
             return
-        send = self._send(event.topic, event.partition, t)
-        if send is not None:
-            self._unacked.setdefault(TopicPartition(event.topic, event.partition), {})[event.offset] = send
-            self._waiting += 1
+        batch = self._batches.setdefault(target, [])
+        batch.append((TopicPartition(event.topic, event.partition), event.offset, t))
+        size = self._batch_bytes.get(target, 0) + len(t.key) + len(t.task) + _ENTRY_OVERHEAD
+        self._batch_bytes[target] = size
+        self._batched += 1
+        if len(batch) >= BATCH_MAX_ENTRIES or size >= BATCH_MAX_BYTES:
+            self._write_batch(target)
+
+    def results_collected(self) -> None:
+        self._write_batches()
+
+    def _write_batches(self) -> None:
+        for target in list(self._batches):
+            self._write_batch(target)
+
+    def _write_batch(self, target: tuple[str, int]) -> None:
+        """One record holding the gathered finishes for ``target``; each finished record waits on it."""
+        items = self._batches.pop(target, None)
+        self._batch_bytes.pop(target, None)
+        if not items:
+            return
+        self._batched -= len(items)
+        key, value = encode_batch(t for _, _, t in items)
+        send = _Send(None, target[0], target[1], key, value)
+        self._try(send)
+        self.sent += 1
+        for tp, offset, _ in items:
+            self._unacked.setdefault(tp, {})[offset] = send
+        self._waiting += len(items)
 
     def dispatch_room(self) -> int | None:
         """How many more tasks may start: ``ledger_changelog_max_unacked`` less those at risk.
@@ -204,7 +243,7 @@ class LedgerChangelog(Middleware):
         if now - self._swept_at >= SWEEP_S:
             self._swept_at = now
             self._waiting = self._sweep()
-        used = self._waiting + len(self._running)
+        used = self._waiting + self._batched + len(self._running)
         if self._held_since is not None:
             if used >= max(1, limit // 2):
                 return 0
@@ -240,6 +279,7 @@ class LedgerChangelog(Middleware):
 
     def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
                        ) -> dict[TopicPartition, OffsetAndMetadata]:
+        self._write_batches()
         if final:
             if self._unacked:
                 # Releasing partitions or stopping: wait (bounded) for what is on its way.
@@ -335,6 +375,14 @@ class LedgerChangelog(Middleware):
         gone = set(partitions)
         for tp in gone:
             self._unacked.pop(tp, None)
+        for target, items in list(self._batches.items()):
+            kept = [item for item in items if item[0] not in gone]
+            self._batched -= len(items) - len(kept)
+            if kept:
+                self._batches[target] = kept
+            else:
+                self._batches.pop(target)
+                self._batch_bytes.pop(target, None)
         self._running = {k: v for k, v in self._running.items() if TopicPartition(k[0], k[1]) not in gone}
 
     def worker_stopped(self, worker: Any) -> None:
@@ -344,8 +392,8 @@ class LedgerChangelog(Middleware):
             self._ledger = None
 
     def unacked(self) -> int:
-        """Finished records whose changelog record is not acknowledged yet."""
-        return sum(len(s) for s in self._unacked.values())
+        """Finished records whose changelog record is not written or not acknowledged yet."""
+        return sum(len(s) for s in self._unacked.values()) + self._batched
 
 
 def changelog_topics(settings: Settings, task_topics: Iterable[str]) -> list[str]:

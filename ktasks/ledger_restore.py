@@ -3,8 +3,12 @@
 The changelog of a task topic (``<task topic><ledger_changelog_suffix>``) is a
 compacted topic with as many partitions as the task topic: the transitions of
 records of task partition *p* (and of its retry tiers' partition *p*) go to its
-partition *p*, keyed by the ledger entry (its key and task), so compaction
-keeps the last transition of each entry. This module owns the record format
+partition *p*. A start is one record keyed by the ledger entry (its key and
+task), so compaction keeps the last transition of each entry; the finishes a
+worker learns in one round of its loop go out as one record per partition
+(format version 2, under a key of its own that compaction never merges), as
+a record per task would be most of the parent's work for quick tasks.
+Restore applies both in offset order. This module owns the record format
 (msgpack, data only) and the restore: before a worker dispatches any record
 of a newly assigned partition, it reads that partition's changelog from its
 checkpoint (the offset it had restored up to, kept in the ledger file) to the
@@ -26,6 +30,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,10 +44,13 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Transition", "encode_key", "encode_value", "decode", "Restorer", "CHECKPOINTS", "RestoreResult"]
+__all__ = ["Transition", "encode_key", "encode_value", "encode_batch", "decode", "decode_all", "Restorer",
+           "CHECKPOINTS", "RestoreResult"]
 
-#: Format version written in every value; a newer one is skipped with a warning.
+#: Format version of a value holding one transition, keyed by its entry; an unknown one is skipped.
 VERSION = 1
+#: Format version of a value holding several transitions in order (a batch of finishes).
+BATCH_VERSION = 2
 #: The table of checkpoints in the ledger file: changelog partition -> next offset to read.
 CHECKPOINTS = "ktasks_changelog_checkpoints"
 _STATES = (STARTED, SUCCEEDED, FAILED, POISONED)
@@ -74,23 +82,62 @@ def encode_value(t: Transition) -> bytes:
                  "p": t.pid, "ps": t.pid_start})
 
 
+def encode_batch(transitions: Iterable[Transition]) -> tuple[bytes, bytes]:
+    """One record (key, value) holding ``transitions`` in order.
+
+    The key is unique, so compaction never drops the record for a later one: it
+    leaves with retention (``ledger_retention_s``), as the ledger prunes entries.
+    """
+    entries = [[t.key, t.task, t.state, t.at, t.starts, t.attempt, t.host, t.pid, t.pid_start]
+               for t in transitions]
+    return pack(["", uuid.uuid4().hex]), pack({"v": BATCH_VERSION, "e": entries})
+
+
 def decode(key: bytes | None, value: bytes | None) -> Transition:
-    """The transition of a changelog record; :class:`DecodeError` saying what is wrong otherwise."""
+    """The transition of a one-transition record; :class:`DecodeError` saying what is wrong otherwise."""
+    found = decode_all(key, value)
+    if len(found) != 1:
+        raise DecodeError(f"ledger changelog record holds {len(found)} transitions, not one")
+    return found[0]
+
+
+def decode_all(key: bytes | None, value: bytes | None) -> list[Transition]:
+    """The transitions of a changelog record, in order; :class:`DecodeError` saying what is wrong otherwise."""
     if key is None or value is None:
         raise DecodeError("ledger changelog record without a key or a value")
     try:
         k, v = unpack(key), unpack(value)
     except Exception as exc:
         raise DecodeError(f"ledger changelog record is not msgpack: {type(exc).__name__}: {exc}") from exc
+    if isinstance(v, dict) and v.get("v") == BATCH_VERSION:
+        return _decode_batch(v)
     if not (isinstance(k, list) and len(k) == 2 and all(isinstance(x, str) for x in k)):
         raise DecodeError(f"ledger changelog key must be [key, task], got {k!r:.80}")
     if not isinstance(v, dict) or v.get("v") != VERSION or v.get("s") not in _STATES:
         raise DecodeError(f"ledger changelog value of an unknown version or state: {v!r:.120}")
     try:
-        return Transition(k[0], k[1], v["s"], float(v["t"]), int(v.get("n") or 0), int(v.get("a") or 0),
-                          v.get("h"), v.get("p"), v.get("ps"))
+        return [Transition(k[0], k[1], v["s"], float(v["t"]), int(v.get("n") or 0), int(v.get("a") or 0),
+                           v.get("h"), v.get("p"), v.get("ps"))]
     except (KeyError, TypeError, ValueError) as exc:
         raise DecodeError(f"ledger changelog value has a bad field: {exc}") from exc
+
+
+def _decode_batch(v: dict[str, object]) -> list[Transition]:
+    entries = v.get("e")
+    if not isinstance(entries, list):
+        raise DecodeError(f"ledger changelog batch without its list of entries: {v!r:.120}")
+    out: list[Transition] = []
+    for i, e in enumerate(entries):
+        if not (isinstance(e, list) and len(e) == 9 and isinstance(e[0], str) and isinstance(e[1], str)
+                and e[2] in _STATES):
+            raise DecodeError(f"ledger changelog batch entry {i} must be [key, task, state, at, starts, attempt, "
+                              f"host, pid, pid_start], got {e!r:.120}")
+        try:
+            out.append(Transition(e[0], e[1], e[2], float(e[3]), int(e[4] or 0), int(e[5] or 0), e[6], e[7],
+                                  e[8]))
+        except (TypeError, ValueError) as exc:
+            raise DecodeError(f"ledger changelog batch entry {i} has a bad field: {exc}") from exc
+    return out
 
 
 # A success is final; it keeps a local entry's result and run time.
@@ -241,12 +288,15 @@ class Restorer:
                         r = results[tp]
                         for record in records:
                             try:
-                                apply(conn, decode(record.key, record.value))
-                                r.applied += 1
+                                transitions = decode_all(record.key, record.value)
                             except DecodeError as exc:
+                                transitions = []
                                 r.skipped += 1
                                 logger.warning("ledger changelog %s/%d@%d skipped: %s", tp.topic, tp.partition,
                                                record.offset, exc)
+                            for t in transitions:
+                                apply(conn, t)
+                            r.applied += len(transitions)
                     for tp in list(todo):
                         r = results[tp]
                         r.position = consumer.position(tp)

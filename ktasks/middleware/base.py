@@ -248,6 +248,13 @@ class Middleware:
         Runs on the worker's loop: keep it quick (count, don't do I/O).
         """
 
+    def results_collected(self) -> None:
+        """Called in the worker parent after it handled a round of results from its children.
+
+        Each of them went through :meth:`task_finished` first: the place to write,
+        as one, what those calls gathered. Runs on the worker's loop.
+        """
+
     def tasks_dispatched(self, tasks: list[Dispatched]) -> None:
         """Called in the worker parent when records were handed to a child to run, in order.
 

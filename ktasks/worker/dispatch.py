@@ -121,7 +121,8 @@ class Dispatcher:
 
     def collect(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for results and deaths, and end the jobs they concern."""
-        for event in self.pool.poll(timeout_s):
+        events = self.pool.poll(timeout_s)
+        for event in events:
             child = event.child
             if event.kind == "results":
                 for res in event.results:
@@ -142,6 +143,10 @@ class Dispatcher:
                     self.pool.retire(child)
             else:
                 self._child_died(child, event.exitcode)
+        if events:
+            stack = self.outcomes.app.middleware
+            if stack.has("results_collected"):
+                stack.after("results_collected")
 
     def _child_died(self, child: ChildProc, exitcode: int | None) -> None:
         jobs = list(child.outstanding.values())
