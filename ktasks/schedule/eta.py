@@ -168,6 +168,8 @@ class EtaScheduler(ServiceThread):
                 self._release(tps)
                 continue
             for tp in tps:
+                if self.stopping:
+                    break       # assigned as the worker stops (a short --burst run): nothing to take on
                 self._take(consumer, tp)
 
     def _take(self, consumer: KafkaConsumer, tp: TopicPartition) -> None:

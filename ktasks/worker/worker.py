@@ -93,6 +93,7 @@ class Worker:
         self._idle_polls = 0
         self._next_topic_check = 0.0
         self._exit_code: int | None = None      # set when the worker stops itself on an error
+        self._summary: tuple[dict[str, Any], int, int] | None = None   # for the last line, from _shutdown
 
         def stopping() -> bool:
             return self._stop
@@ -207,6 +208,10 @@ class Worker:
             self.pool.terminate()
             raise
         self.app.middleware.after("worker_stopped", self)
+        # Last, after what the middleware logs as it stops (the ETA scheduler, say): the one line
+        # that says how the run ended.
+        if self._summary is not None:
+            self._log_summary(*self._summary)
         return code
 
     def _await_metadata(self, topics: list[str]) -> None:
@@ -353,7 +358,7 @@ class Worker:
         self.pool.stop(timeout_s=10.0)
         if not self.outbox.flush_quietly(10.0):
             logger.warning("records sent by this process were still unacknowledged after 10s")
-        self._log_summary(committed, uncommitted, unsent)
+        self._summary = (committed, uncommitted, unsent)
         return code
 
     def _log_summary(self, committed: dict[str, Any], uncommitted: int = 0, unsent: int = 0) -> None:

@@ -167,3 +167,20 @@ def test_warm_shutdown_with_a_retry_publish_pending_while_the_broker_is_down(
     finally:
         p.cleanup()
         broker.down(wipe=True)
+
+
+def test_the_summary_is_the_last_line_ktasks_logs(project: Any) -> None:
+    # A short --burst run stops while the ETA scheduler's consumer may still be joining its group:
+    # what it and the other middleware log as they stop came after the summary before.
+    p = project("""
+        @app.task
+        def work(n):
+            effect("ran", n=n)
+    """)
+    for n in range(3):
+        p.app_module.work.delay(n)
+    p.app.flush()
+    w = p.worker("-c", "1", "--burst")
+    assert w.wait() == 0
+    ours = [line for line in w.log().splitlines() if "] ktasks." in line]
+    assert "worker stopped after" in ours[-1], "\n".join(ours[-5:])
