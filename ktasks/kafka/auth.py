@@ -16,6 +16,9 @@ The workarounds, installed once when this module is imported (by
 
 * a read that returns data and then finds the connection closed hands the
   data over first and reports the close on the next read;
+* a read still queued when its connection was closed (a client closing, as a
+  worker does at every stop) reports the close; kafka-python called
+  ``recv`` on the ``None`` socket and logged an ERROR with a traceback;
 * while a connection manager bootstraps, closing one of its connections
   because authentication failed re-raises that error, which ends the
   bootstrap at once with it. Outside bootstrapping nothing changes
@@ -28,7 +31,7 @@ import functools
 import threading
 from typing import Any
 
-from kafka.errors import SaslAuthenticationFailedError
+from kafka.errors import KafkaConnectionError, SaslAuthenticationFailedError
 from kafka.net.connection import KafkaConnection
 from kafka.net.manager import KafkaConnectionManager
 from kafka.net.transport import KafkaSSLTransport, KafkaTCPTransport
@@ -82,6 +85,8 @@ def _data_before_close(original: Any) -> Any:
         if pending is not None:
             self._ktasks_pending_error = None
             return b"", pending
+        if getattr(self, "_sock", None) is None:
+            return b"", KafkaConnectionError("socket closed")
         data, error = original(self)
         if data and error is not None:
             self._ktasks_pending_error = error  # the socket stays readable at EOF: the next read reports it
