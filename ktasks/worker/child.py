@@ -74,11 +74,13 @@ def _die_with_parent() -> None:
 class Child:
     """The loop of one child process."""
 
-    def __init__(self, app: Any, index: int, conn: Connection, state: Any, parent_pid: int) -> None:
+    def __init__(self, app: Any, index: int, conn: Connection, state: Any, parent_pid: int,
+                 claim_lock: Any = None) -> None:
         self.app = app
         self.index = index
         self.conn = conn
         self.state = state
+        self.claim_lock = claim_lock
         self.parent_pid = parent_pid
         self.host = socket.gethostname()
         self.pid = os.getpid()
@@ -107,11 +109,26 @@ class Child:
                 return
             self._run_batch(batch)
 
+    def _claim(self, seq: int) -> bool:
+        """Mark job ``seq`` as running; False if the parent took it back (it waited behind a long task)."""
+        lock = self.claim_lock
+        if lock is None:
+            self.state[0], self.state[1] = float(seq), time.monotonic()
+            return True
+        with lock:
+            if self.state[2] == float(seq):
+                return False
+            self.state[0], self.state[1] = float(seq), time.monotonic()
+        return True
+
     def _run_batch(self, batch: Sequence[Sequence[Any]]) -> None:
         for i, job in enumerate(batch):
             seq = job[0]
-            self.state[0] = float(seq)
-            self.state[1] = time.monotonic()
+            if not self._claim(seq):
+                logger.debug("job %s was taken back by the parent: skipping it", seq)
+                if self._carried:
+                    self._send_unsent()    # they waited for this job's start, which will not come
+                continue
             try:
                 result = self._run_one(*job)
             finally:
@@ -132,6 +149,8 @@ class Child:
             # Else the next batch is already here: its first start, committed with these
             # results' ledger records (max_pending=1), makes them durable, and they are sent
             # then (_run_one), one SQLite transaction fewer per task when tasks come one by one.
+        if self._unsent and not self._carried:
+            self._send_unsent()    # the batch's last job was taken back
 
     def _send_unsent(self) -> None:
         """Send the results not yet sent, once the ledger holds them."""
@@ -337,7 +356,7 @@ class Child:
 
 def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_pid: int,
                loglevel: str, log_format: str, faults_spec: str | None,
-               overrides: dict[str, Any] | None = None) -> None:
+               overrides: dict[str, Any] | None = None, claim_lock: Any = None) -> None:
     """Entry point of a child process (spawned, so it imports the app afresh)."""
     _die_with_parent()
     # The parent decides when children stop; a Ctrl-C or a SIGTERM to the whole
@@ -358,7 +377,7 @@ def child_main(app_spec: str, index: int, conn: Connection, state: Any, parent_p
 
             AsyncChild(app, index, conn, state, parent_pid).serve()
         else:
-            Child(app, index, conn, state, parent_pid).serve()
+            Child(app, index, conn, state, parent_pid, claim_lock).serve()
         app.middleware.after("child_stopping", app)
     except Exception:
         logger.exception("child %d crashed", index)

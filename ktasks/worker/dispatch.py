@@ -4,7 +4,13 @@ The ready queue holds jobs in the order they may run (a key's next job goes
 to its front when the one before it finishes). Quick tasks go to a child in
 batches, so a no-op task does not cost a pipe round trip each; a task not
 known to be quick goes alone, so nothing waits behind it in a busy child
-while others idle. A child that dies fails the job it was running (the
+while others idle. When every child is busy, one running a short task (under
+0.1 s on average, and running for less than that so far) is handed its next
+job, which it starts without waiting for a round trip through the parent's
+loop. If that task then runs 0.1 s, the job is taken back before it starts
+(:meth:`ChildProc.take_back`) and goes to the front of the queue again, so
+it never waits long behind a task that turned slow. A child that dies fails
+the job it was running (the
 parent knows which from the child's shared state) and its other jobs run
 again; a child past a task's hard time limit is killed here.
 """
@@ -28,10 +34,13 @@ from .protocol import OK, job_wire
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "QUICK_TASK_S"]
+__all__ = ["Dispatcher", "QUICK_TASK_S", "LOOKAHEAD_TASK_S"]
 
 #: Tasks whose average run time is below this are batched to children; others go one at a time.
 QUICK_TASK_S = 0.005
+#: A busy child whose task is under this on average, and has run less than this, is handed its next
+#: job; the job is taken back if the task runs this long after all.
+LOOKAHEAD_TASK_S = 0.1
 
 
 class Dispatcher:
@@ -47,6 +56,7 @@ class Dispatcher:
         self.ready: deque[Job] = deque()
         self.in_flight = 0
         self.durations: dict[str, float] = {}    # task name -> moving average of its run time
+        self._taken_back = 0                      # jobs taken back from children, for their fresh seqs
         partitions.on_drop(self.forget)
 
     def queue(self, job: Job) -> None:
@@ -93,6 +103,56 @@ class Dispatcher:
                     return
             if not self.ready:
                 return
+        # Every child is busy and jobs still wait: a child running a short task gets its next
+        # job now, so it starts it without waiting for a round trip through this loop.
+        for child in self.pool.children:
+            if not self.ready or (room is not None and room <= 0):
+                return
+            if self._looks_ahead(child) and self._give(child, 1):
+                child.ahead = next(reversed(child.outstanding))
+                if room is not None:
+                    room -= 1
+
+    def _looks_ahead(self, child: ChildProc) -> bool:
+        """Whether busy ``child`` takes one job more: it runs its only job, a task whose average
+        run time is under :data:`LOOKAHEAD_TASK_S`, for less than that so far."""
+        if (not child.ready or child.retiring or child.capacity != 1 or len(child.outstanding) != 1
+                or child.claim_lock is None):
+            return False
+        limit = self.settings.max_tasks_per_child
+        if limit and child.tasks_done + 2 > limit:
+            return False
+        running = child.running()
+        if running is None:
+            return False          # between two jobs: its result is on its way
+        job = child.outstanding.get(running[0])
+        if job is None or job.task is None:
+            return False
+        avg = self.durations.get(job.task.name)
+        return avg is not None and avg < LOOKAHEAD_TASK_S and time.monotonic() - running[1] < LOOKAHEAD_TASK_S
+
+    def take_back_waiting(self) -> None:
+        """Take back a job handed ahead to a child whose task has now run :data:`LOOKAHEAD_TASK_S`."""
+        now = time.monotonic()
+        for child in self.pool.children:
+            seq = child.ahead
+            if seq is None:
+                continue
+            running = child.running()
+            if seq not in child.outstanding or (running is not None and running[0] == seq):
+                child.ahead = None        # finished, lost with its child, or started
+                continue
+            if running is None or now - running[1] < LOOKAHEAD_TASK_S or not child.take_back(seq):
+                continue
+            child.ahead = None
+            job = child.outstanding.pop(seq)
+            self.in_flight -= 1
+            # A fresh seq: the child skips the old one when it reads it, and this job may go to it again.
+            self._taken_back += 1
+            job.seq = -self._taken_back
+            self.ready.appendleft(job)
+            logger.info("took back job %s (%s/%d@%d) from child %d: the task before it has run %.2fs",
+                         seq, job.record.topic, job.record.partition, job.offset, child.index, now - running[1])
 
     def _give(self, child: ChildProc, take: int) -> int:
         """Hand ``child`` up to ``take`` ready jobs (quick ones batched, others alone); how many it got."""

@@ -37,8 +37,11 @@ class ChildProc:
     index: int
     process: Any
     conn: Connection
-    state: Any                      # shared doubles: [seq of the running job, its start (monotonic) or 0]
+    state: Any                      # shared doubles: [seq of the job claimed last, its start (monotonic) or 0
+    #                                 while none runs, seq taken back] (see ktasks.worker.protocol)
     outstanding: dict[int, Any] = field(default_factory=dict)   # seq -> job, in dispatch order
+    claim_lock: Any = None          # shared with the child: claiming a job against taking it back
+    ahead: int | None = None        # seq of the job handed to it while it ran another, until that starts
     tasks_done: int = 0
     ready: bool = False
     retiring: bool = False
@@ -60,6 +63,24 @@ class ChildProc:
         if start <= 0.0:
             return None
         return int(self.state[0]), start
+
+    def take_back(self, seq: int, timeout_s: float = 0.05) -> bool:
+        """Take job ``seq`` back before the child starts it; False if it has started (or the lock is stuck).
+
+        The child claims a job under the same lock before it runs it, so exactly
+        one side gets it. A child killed while holding the lock never releases
+        it: the timeout keeps the parent's loop going (that child's death then
+        hands its jobs back anyway).
+        """
+        if self.claim_lock is None or not self.claim_lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            if int(self.state[0]) == seq:
+                return False
+            self.state[2] = float(seq)
+            return True
+        finally:
+            self.claim_lock.release()
 
 
 @dataclass
@@ -106,16 +127,17 @@ class Pool:
         index = self._next_index
         self._next_index += 1
         parent_conn, child_conn = _ctx.Pipe(duplex=True)
-        state = _ctx.RawArray("d", 2)
+        state = _ctx.RawArray("d", 3)
+        claim_lock = _ctx.Lock()
         proc = _ctx.Process(
             target=child_main, name=f"ktasks-child-{index}", daemon=True,
             args=(self.app_spec, index, child_conn, state, os.getpid(), self.loglevel, self.log_format,
-                  self.faults_spec, self.overrides),
+                  self.faults_spec, self.overrides, claim_lock),
         )
         proc.start()
         child_conn.close()
         logger.debug("started child %d (pid %s)", index, proc.pid)
-        return ChildProc(index, proc, parent_conn, state, capacity=self.capacity)
+        return ChildProc(index, proc, parent_conn, state, capacity=self.capacity, claim_lock=claim_lock)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until every child has imported the app and said it is ready.

@@ -16,7 +16,12 @@ Child to parent
     ``[[topic, value, key, [[header, value], ...], partition], ...]``.
 
 The child also shows which job it runs, and since when, in a shared array of
-two doubles ``[seq, start (monotonic) or 0]`` (:meth:`ChildProc.running`).
+three doubles ``[seq, start (monotonic) or 0, seq taken back]``
+(:meth:`ChildProc.running`). A job the parent handed to a busy child ahead of
+time may be taken back before it starts (:meth:`ChildProc.take_back`): under
+a lock shared with that child, the parent writes its seq in the third slot
+unless the child already wrote it in the first, and the child skips it,
+sending nothing for it, when it reads it from the pipe.
 """
 
 from __future__ import annotations

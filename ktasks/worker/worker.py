@@ -245,6 +245,7 @@ class Worker:
                 self._idle_polls += 1
             dispatcher.dispatch()
             dispatcher.collect(0.02 if dispatcher.in_flight else 0.0)
+            dispatcher.take_back_waiting()
             dispatcher.dispatch()
             dispatcher.check_time_limits()
             self.outbox.pump()

@@ -7,6 +7,8 @@ the broker tests beside these, never by these fakes.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +19,7 @@ from ktasks.message import Message, encode
 from ktasks.worker.dispatch import Dispatcher
 from ktasks.worker.outcomes import Outcomes, Stats
 from ktasks.worker.partitions import Job, Partitions
+from ktasks.worker.pool import ChildProc
 
 
 @dataclass
@@ -68,10 +71,26 @@ class Child:
     outstanding: dict[int, Any] = field(default_factory=dict)
     tasks_done: int = 0
     batches: list[list[int]] = field(default_factory=list)
+    # What a real child shares with the parent: [seq claimed last, since or 0, seq taken back].
+    state: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    claim_lock: Any = field(default_factory=threading.Lock)
+    ahead: int | None = None
+    ready: bool = True
+    retiring: bool = False
 
     @property
     def idle(self) -> bool:
         return len(self.outstanding) < self.capacity
+
+    running = ChildProc.running
+    take_back = ChildProc.take_back
+
+    def start(self, seq: int, ran_s: float = 0.0) -> None:
+        """The child claims job ``seq`` (as the real one does before running it), ``ran_s`` ago."""
+        self.state[0], self.state[1] = float(seq), time.monotonic() - ran_s
+
+    def finish(self) -> None:
+        self.state[1] = 0.0
 
 
 class Pool:

@@ -202,3 +202,36 @@ def test_a_task_counts_as_finished_only_once_what_it_enqueued_is_acknowledged(pr
     w.wait_for_log("died")
     wait_effects(p, "second", 1, timeout_s=40)
     assert w.stop() == 0
+
+
+def test_a_job_handed_ahead_to_a_task_that_turns_slow_is_taken_back_and_runs_elsewhere(project: Any) -> None:
+    # 10 ms tasks are handed to a busy child ahead of time, so it starts its next one without a
+    # round trip through the parent. One of them runs 3 s: the job waiting behind it must be taken
+    # back and run by the other child, once, instead of waiting the 3 s.
+    p = project("""
+        @app.task
+        def step(n, slow_s=0.0):
+            started = time.time()
+            time.sleep(slow_s or 0.01)
+            effect("ran", n=n, started=started)
+    """, partitions=1)
+    w = p.worker("-c", "2")
+    try:
+        w.wait_assigned()
+        for n in range(30):                      # their average makes the task short
+            p.app_module.step.delay(n)
+        p.app.flush()
+        wait_effects(p, "ran", 30)
+        p.app_module.step.delay(30, 3.0)
+        for n in range(31, 81):
+            p.app_module.step.delay(n)
+        p.app.flush()
+        ran = wait_effects(p, "ran", 81, timeout_s=60)
+        assert Counter(e["n"] for e in ran) == Counter(range(81)), "each ran once"
+        slow = next(e for e in ran if e["n"] == 30)
+        waited = {e["n"]: round(e["started"] - slow["started"], 2) for e in ran
+                  if e["n"] > 30 and e["started"] >= slow["ts"] - 0.5}
+        assert not waited, f"records started only as the slow one ended: {waited}"
+        assert "took back job" in w.log()
+    finally:
+        assert w.stop() == 0
