@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._proc import pid_alive, start_ticks
 from .errors import LedgerError, exception_name
+from .ledger_lock import WriterLock
 from .ledger_schema import (
     APPLICATION_ID,
     BEGIN_DEFERRED,
@@ -260,6 +261,7 @@ class Ledger:
         self._in_user_tx = False
         self._tx_changes = 0
         self._closed = False
+        self._writer = WriterLock(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: the driver opens no transactions of its own; we
@@ -374,53 +376,13 @@ class Ledger:
         now = time.time()
         pid_start = self._own_start if pid == self._pid else start_ticks(pid)
         try:
-            conn.execute(BEGIN_IMMEDIATE)
-            try:
-                # Buffered finishes wait for flush(): written together they touch few
-                # pages, and a start stays a small transaction. They ride along here
-                # only when this key has one (it must be seen) or the buffer is full.
-                carried = bool(self._pending) and ((key, task) in self._pending_keys
-                                                   or len(self._pending) >= self.max_pending)
-                if carried:
-                    self._write_pending()
-                row = conn.execute(_SELECT, (key, task)).fetchone()
-                entry = None if row is None else Entry(*row)
-                if entry is None:
-                    conn.execute(_INSERT_START, (key, task, attempt, host, pid, pid_start, now, now))
-                    decision = Decision(Kind.RUN, None, 1)
-                elif force or (replay and entry.state == POISONED):
-                    conn.execute(_UPDATE_START, (attempt, 1, host, pid, pid_start, now, now, key, task))
-                    decision = Decision(Kind.RUN, entry, 1)
-                elif entry.state == SUCCEEDED:
-                    decision = Decision(Kind.SKIP, entry, 0)
-                elif entry.state == POISONED:
-                    decision = Decision(Kind.POISON, entry, entry.starts)
-                elif (entry.state in (STARTED, PREPARED) and entry.host == host and entry.pid
-                      and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid, entry.pid_start)):
-                    # Checked before poison: a start whose process still runs is no crash, and
-                    # never a reason to run a second copy, however long it runs.
-                    # Write our buffered finishes before waiting, so two processes waiting
-                    # for each other's buffered successes cannot deadlock.
-                    if not carried:
-                        self._write_pending()
-                    conn.execute(COMMIT)
-                    self._clear_pending()
-                    if wait:
-                        return None, entry.pid
-                    return Decision(Kind.RUNNING, entry, entry.starts), None
-                elif entry.state == STARTED and 0 < max_starts <= entry.starts:
-                    conn.execute(_POISONED, (now, now, key, task))
-                    decision = Decision(Kind.POISON, entry, entry.starts)
-                else:
-                    conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, pid_start, now, now, key, task))
-                    decision = Decision(Kind.RUN, entry, entry.starts + 1)
-                conn.execute(COMMIT)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute(ROLLBACK)
-                raise
+            with self._writer:
+                decision, carried, running = self._begin_in_tx(conn, key, task, attempt, host, pid, pid_start,
+                                                               now, max_starts, wait, replay, force)
         except sqlite3.Error as exc:
             raise ledger_error(f"begin({key!r})", exc) from exc
+        if decision is None:
+            return None, running
         if carried:
             self._clear_pending()
         if decision.kind is Kind.POISON:
@@ -429,6 +391,57 @@ class Ledger:
         elif decision.kind is Kind.SKIP:
             logger.debug("ledger: %s already succeeded; skipping", key)
         return decision, None
+
+    def _begin_in_tx(self, conn: sqlite3.Connection, key: str, task: str, attempt: int, host: str, pid: int,
+                     pid_start: int | None, now: float, max_starts: int, wait: bool, replay: bool,
+                     force: bool) -> tuple[Decision | None, bool, int | None]:
+        """:meth:`_begin_once`'s transaction: (decision, or None to wait on ``running``; carried)."""
+        conn.execute(BEGIN_IMMEDIATE)
+        try:
+            # Buffered finishes wait for flush(): written together they touch few
+            # pages, and a start stays a small transaction. They ride along here
+            # only when this key has one (it must be seen) or the buffer is full.
+            carried = bool(self._pending) and ((key, task) in self._pending_keys
+                                               or len(self._pending) >= self.max_pending)
+            if carried:
+                self._write_pending()
+            row = conn.execute(_SELECT, (key, task)).fetchone()
+            entry = None if row is None else Entry(*row)
+            if entry is None:
+                conn.execute(_INSERT_START, (key, task, attempt, host, pid, pid_start, now, now))
+                decision = Decision(Kind.RUN, None, 1)
+            elif force or (replay and entry.state == POISONED):
+                conn.execute(_UPDATE_START, (attempt, 1, host, pid, pid_start, now, now, key, task))
+                decision = Decision(Kind.RUN, entry, 1)
+            elif entry.state == SUCCEEDED:
+                decision = Decision(Kind.SKIP, entry, 0)
+            elif entry.state == POISONED:
+                decision = Decision(Kind.POISON, entry, entry.starts)
+            elif (entry.state in (STARTED, PREPARED) and entry.host == host and entry.pid
+                  and entry.pid not in (pid, os.getpid()) and pid_alive(entry.pid, entry.pid_start)):
+                # Checked before poison: a start whose process still runs is no crash, and
+                # never a reason to run a second copy, however long it runs.
+                # Write our buffered finishes before waiting, so two processes waiting
+                # for each other's buffered successes cannot deadlock.
+                if not carried:
+                    self._write_pending()
+                conn.execute(COMMIT)
+                self._clear_pending()
+                if wait:
+                    return None, False, entry.pid
+                return Decision(Kind.RUNNING, entry, entry.starts), False, None
+            elif entry.state == STARTED and 0 < max_starts <= entry.starts:
+                conn.execute(_POISONED, (now, now, key, task))
+                decision = Decision(Kind.POISON, entry, entry.starts)
+            else:
+                conn.execute(_UPDATE_START, (attempt, entry.starts + 1, host, pid, pid_start, now, now, key, task))
+                decision = Decision(Kind.RUN, entry, entry.starts + 1)
+            conn.execute(COMMIT)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute(ROLLBACK)
+            raise
+        return decision, carried, None
 
     @contextlib.contextmanager
     def transaction(self, *, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -566,7 +579,7 @@ class Ledger:
             return
         self._ensure_idle()
         try:
-            with immediate(self._conn):
+            with self._writer, immediate(self._conn):
                 self._conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise ledger_error(f"{what}({len(rows)} keys)", exc) from exc
@@ -600,7 +613,7 @@ class Ledger:
             raise LedgerError(f"ledger: not_run state must be {REVOKED!r} or {EXPIRED!r}, got {state!r}")
         now = time.time()
         try:
-            with immediate(self._conn):
+            with self._writer, immediate(self._conn):
                 self._write_pending()
                 self._conn.execute(_NOT_RUN, (key, task, state, now, note, now))
         except sqlite3.Error as exc:
@@ -632,7 +645,7 @@ class Ledger:
             raise LedgerError("ledger: flush() inside transaction()")
         self._ensure_idle()
         try:
-            with immediate(self._conn):
+            with self._writer, immediate(self._conn):
                 self._write_pending()
         except sqlite3.Error as exc:
             raise ledger_error("flush", exc) from exc
@@ -780,6 +793,7 @@ class Ledger:
         finally:
             self._closed = True
             self._conn.close()
+            self._writer.close()
 
     def _ensure_idle(self) -> None:
         # An exception raised by a signal handler at the wrong instant (between a
