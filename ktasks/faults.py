@@ -41,6 +41,7 @@ __all__ = ["FaultInjected", "point", "configure", "POINTS"]
 
 #: Every point the worker calls, so a typo in a spec is an error, not a silent no-op.
 POINTS = frozenset({
+    "startup_metadata",      # parent, at start-up, before fetching its topics' metadata (a broker lost there)
     "before_task",           # child, before the task function runs (after the ledger's start record)
     "after_task",            # child, after the task function returned, before the ledger's success record
     "after_ledger_write",    # child, after the success record is durable, before reporting to the parent

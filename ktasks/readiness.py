@@ -16,13 +16,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+from .errors import KtasksError
 from .kafka import KafkaAdminClient, client_config
 from .kafka.errors import KafkaError
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["wait_for_cluster", "probe_cluster", "LOG_INTERVAL_S", "PROBE_TIMEOUT_S"]
+__all__ = ["wait_for_cluster", "until_reachable", "transient_cause", "probe_cluster", "LOG_INTERVAL_S",
+           "PROBE_TIMEOUT_S"]
 
 #: Longest time between two "waiting for Kafka" lines.
 LOG_INTERVAL_S = 30.0
@@ -84,6 +86,54 @@ def wait_for_cluster(settings: Settings, client_id: str, stop: Callable[[], bool
                         time.monotonic() - started)
         return True
     return False
+
+
+def transient_cause(exc: BaseException | None) -> BaseException | None:
+    """The error in ``exc``'s chain of causes that clears on its own (a broker down, a leader moving), if any.
+
+    kafka-python marks those ``retriable``, as ktasks does its own; a socket
+    error is one too. ktasks' errors (a :class:`~ktasks.errors.TopicError` from
+    creating topics) carry the client's error as their cause.
+    """
+    while exc is not None:
+        if isinstance(exc, OSError) or (isinstance(exc, (KafkaError, KtasksError))
+                                        and getattr(exc, "retriable", False)):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+class _Final(Exception):
+    """Carries an error :func:`until_reachable` must not retry through :func:`wait_for_cluster`."""
+
+
+def until_reachable(settings: Settings, client_id: str, step: Callable[[], object],
+                    stop: Callable[[], bool] = lambda: False, *, log_interval_s: float = LOG_INTERVAL_S) -> bool:
+    """Run ``step``, a start-up call to Kafka, until it gets through a broker outage; False if ``stop()`` first.
+
+    :func:`wait_for_cluster` only says the cluster answered a moment ago: a
+    broker restarted right after (seen in the chaos runs: a worker started
+    while the broker went down) fails the next call with a connection error.
+    Errors that clear on their own (:func:`transient_cause`) are logged and
+    retried like an unreachable cluster; any other error is raised at once.
+    """
+    def probe() -> None:
+        try:
+            step()
+        except Exception as exc:
+            cause = transient_cause(exc)
+            if cause is None:
+                raise _Final() from exc
+            if not isinstance(cause, (KafkaError, OSError)):   # a retriable ktasks error
+                raise KafkaError(f"{type(cause).__name__}: {cause}") from exc
+            if cause is exc:
+                raise
+            raise cause from exc
+
+    try:
+        return wait_for_cluster(settings, client_id, stop, log_interval_s=log_interval_s, probe=probe)
+    except _Final as final:
+        raise final.__cause__ from None  # type: ignore[misc]
 
 
 @contextlib.contextmanager

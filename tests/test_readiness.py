@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from ktasks.dev import free_port
 from ktasks.readiness import wait_for_cluster
 from ktasks.settings import Settings
@@ -67,3 +69,70 @@ def test_wait_for_cluster_lines_are_bounded_and_a_stop_ends_the_wait(caplog: Any
     caplog.clear()
     assert wait_for_cluster(settings, "t", probe=flaky) is True
     assert [r.levelname for r in caplog.records if r.name == "ktasks.readiness"] == ["WARNING", "INFO"]
+
+
+def test_until_reachable_retries_what_clears_and_raises_the_rest_at_once(caplog: Any) -> None:
+    from kafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
+
+    from ktasks.errors import TopicError
+    from ktasks.readiness import until_reachable
+
+    settings = Settings({"bootstrap_servers": "127.0.0.1:1"})
+    topic_error = TopicError("creating topics ['t']: lost")
+    topic_error.__cause__ = KafkaConnectionError("socket disconnected")
+    errors = iter([KafkaConnectionError("socket disconnected"), topic_error, None])
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        exc = next(errors)
+        if exc is not None:
+            raise exc
+
+    caplog.set_level("INFO", logger="ktasks.readiness")
+    assert until_reachable(settings, "t", flaky) is True
+    assert len(calls) == 3
+    assert "KafkaConnectionError" in caplog.text
+
+    def denied() -> None:
+        calls.append(1)
+        raise TopicAuthorizationFailedError("not allowed")
+
+    calls.clear()
+    with pytest.raises(TopicAuthorizationFailedError):
+        until_reachable(settings, "t", denied)
+    assert len(calls) == 1     # not retried: it does not clear by waiting
+
+    wrapped = TopicError("topic 't' has 1 partitions, 6 configured")
+
+    def misconfigured() -> None:
+        raise wrapped
+
+    with pytest.raises(TopicError) as info:
+        until_reachable(settings, "t", misconfigured)
+    assert info.value is wrapped
+
+    def down() -> None:
+        calls.append(1)
+        raise KafkaConnectionError("refused")
+
+    calls.clear()
+    assert until_reachable(settings, "t", down, stop=lambda: len(calls) >= 2) is False
+
+
+def test_a_broker_lost_right_after_the_readiness_check_is_waited_out(project: Any) -> None:
+    p = project("""
+        @app.task
+        def hello(n):
+            effect("ran", n=n)
+    """, partitions=1)
+    # The fault stands for a broker that stops answering between the readiness check and the
+    # metadata fetch (seen in a chaos run: the worker exited with a KafkaConnectionError traceback).
+    w = p.worker("-c", "1", env={"KTASKS_FAULTS": "startup_metadata=raise-retriable*2"})
+    w.wait_for_log("waiting for Kafka at", 60)
+    w.wait_assigned(90)
+    p.app_module.hello.delay(1)
+    p.app.flush()
+    wait_effects(p, "ran", 1)
+    assert w.stop() == 0
+    assert "Traceback" not in w.log(), w.log()[-4000:]

@@ -26,7 +26,7 @@ from ..errors import KtasksError
 from ..kafka import TopicPartition
 from ..kafka.consumer import Listener, build_consumer
 from ..kafka.errors import KafkaError
-from ..readiness import wait_for_cluster
+from ..readiness import until_reachable, wait_for_cluster
 from .committer import Committer
 from .dispatch import QUICK_TASK_S, Dispatcher
 from .intake import RecordIntake
@@ -174,7 +174,9 @@ class Worker:
                     self.concurrency, ", ".join(self.topics))
         if not wait_for_cluster(self.settings, self.app.client_id, lambda: self._stop):
             return EXIT_OK  # stopped while waiting: nothing was consumed
-        self.app.ensure_topics(all_topics + [self.app.dead_letter_topic(t) for t in self.topics])
+        if not until_reachable(self.settings, self.app.client_id, lambda: self.app.ensure_topics(
+                all_topics + [self.app.dead_letter_topic(t) for t in self.topics]), lambda: self._stop):
+            return EXIT_OK
         # Raising here (a ledger file that cannot be used) stops the worker before any child starts.
         self.app.middleware.before("worker_starting", self, strict=True)
         # Children take about half a second to import the app: they start now, while the
@@ -222,8 +224,15 @@ class Worker:
         # nothing asks for metadata again for metadata_max_age_ms (5 minutes): the worker sits
         # in the group with no partitions. Fetching our topics' partitions here, before the
         # first poll joins the group, waits out any in-flight refresh and loads them.
-        for topic in topics:
-            self.consumer.partitions_for_topic(topic)
+        # A broker that goes down between the readiness check and here must not kill the
+        # worker: it waits, like a worker started before Kafka (a stop request ends the wait,
+        # and the main loop then never runs).
+        def fetch() -> None:
+            faults.point("startup_metadata")
+            for topic in topics:
+                self.consumer.partitions_for_topic(topic)
+
+        until_reachable(self.settings, self.app.client_id, fetch, lambda: self._stop)
 
     def _iterate(self) -> None:
         dispatcher = self.dispatcher
