@@ -18,7 +18,7 @@ STAMP := $(VENV)/.ktasks-installed
 # downloaded browser): installed here when missing, with sudo unless we are root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test test-deps quickstart dev-up dev-down dev-status clean browser
+.PHONY: venv test test-deps quickstart dev-up dev-down dev-status clean browser peers-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ test-deps: browser
 		echo "installing PostgreSQL for the tests (apt-get install postgresql)"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q postgresql; \
 	fi
+
+# What `python -m benchmarks.peers` compares ktasks with (not needed by the tests): Celery on Redis and on
+# kombu's Kafka transport, Dramatiq on Redis, at the versions docs/performance.md reports, and redis-server.
+peers-deps: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check celery==5.7.0 kombu==5.7.0 \
+		confluent-kafka==2.16.2 dramatiq==2.2.1 redis==8.2.0
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
 
 test: $(STAMP) test-deps
 	$(BIN)/ruff check ktasks tests

@@ -391,7 +391,7 @@ def run_system(cls: type[System], ctx: Context) -> SystemResult:
     result = SystemResult(system.key, system.label)
     reason = system.unavailable()
     if reason:
-        result.error = f"not run: {reason}"
+        result.error = f"not run: {reason}; `make peers-deps` installs the peers"
         return result
     if ctx.redis is not None:
         ctx.redis.flush()
