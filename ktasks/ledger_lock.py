@@ -15,8 +15,8 @@ tasks not run, and the transactional confirmations. A task's own
 ``ledger_transaction`` does not (it can hold SQLite's lock for as long as it
 runs, and a process must never wait on this lock while it holds SQLite's, or
 two processes could wait on each other); SQLite's busy timeout still bounds
-every wait on the database itself. Where the lock file cannot be opened (a
-read-only directory), writers go straight to SQLite's busy handler, as before.
+every wait on the database itself. Where the lock file cannot be opened (it
+does not exist and the directory is read-only), writers go straight to SQLite's busy handler, as before.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class WriterLock:
     def _open(self) -> int | None:
         if self._fd is None and not self._unusable:
             try:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # Read-only is enough for flock, so a lock file created by another user (an
+                # operator's `ktasks ledger` run as root) still serves.
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
                 self._unusable = True
                 logger.warning("ledger: cannot open the writer lock %s (%s); writers queue in SQLite's "

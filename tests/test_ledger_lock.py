@@ -90,7 +90,7 @@ def test_the_lock_file_sits_beside_the_ledger(tmp_path: Path) -> None:
 def test_a_lock_file_that_cannot_be_opened_leaves_the_ledger_working(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "l.sqlite3"
-    lock_path(path).mkdir()   # opening a directory read-write fails, even for root
+    lock_path(path).symlink_to(tmp_path / "missing" / "lock")   # cannot be created, even by root
     with caplog.at_level(logging.WARNING, logger="ktasks.ledger_lock"), Ledger(path) as ledger:
         ledger.begin("k1", "t", 1, 3)
         ledger.succeeded("k1", 42, 0.0, task="t")
