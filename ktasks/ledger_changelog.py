@@ -27,8 +27,9 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import TopicError
+from .errors import BrokerUnavailable, TopicError
 from .kafka import OffsetAndMetadata, TopicPartition
+from .kafka.errors import KafkaTimeoutError
 from .ledger import FAILED, POISONED, STARTED, SUCCEEDED, Ledger
 from .ledger_restore import Restorer, Transition, encode_batch, encode_key, encode_value
 from .middleware import Dispatched, Middleware, TaskEvent
@@ -89,6 +90,9 @@ class LedgerChangelog(Middleware):
         # Finished records whose changelog record is not acknowledged yet: record tp -> offset -> send
         # (the records of one batch share its send).
         self._unacked: dict[TopicPartition, dict[int, _Send]] = {}
+        # A send this pass (one commit, one round of results) timed out waiting for the broker:
+        # the rest of the pass sends nothing, or each send would block send_timeout_ms in turn.
+        self._unreachable = False
         # Finishes gathered this round, per changelog partition: (record tp, offset, transition).
         self._batches: dict[tuple[str, int], list[tuple[TopicPartition, int, Transition]]] = {}
         self._batch_bytes: dict[tuple[str, int], int] = {}
@@ -159,6 +163,9 @@ class LedgerChangelog(Middleware):
         return send
 
     def _try(self, send: _Send) -> None:
+        if self._unreachable:
+            send.future = None      # tried again in the next pass
+            return
         try:
             # The raw producer: a changelog record needs none of the enqueue tracking, and
             # its failure is handled here (sent again before the commit that needs it).
@@ -166,6 +173,7 @@ class LedgerChangelog(Middleware):
                                                        partition=send.partition)
         except Exception as exc:
             send.future = None
+            self._unreachable = isinstance(exc, (KafkaTimeoutError, BrokerUnavailable))
             logger.warning("ledger changelog send to %s/%d failed (%s: %s); trying again before the next commit",
                            send.topic, send.partition, type(exc).__name__, exc)
 
@@ -205,6 +213,7 @@ class LedgerChangelog(Middleware):
             self._write_batch(target)
 
     def results_collected(self) -> None:
+        self._unreachable = False
         self._write_batches()
 
     def _write_batches(self) -> None:
@@ -279,6 +288,7 @@ class LedgerChangelog(Middleware):
 
     def commit_offsets(self, offsets: dict[TopicPartition, OffsetAndMetadata], final: bool
                        ) -> dict[TopicPartition, OffsetAndMetadata]:
+        self._unreachable = False
         self._write_batches()
         if final:
             if self._unacked:

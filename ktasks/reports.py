@@ -95,6 +95,10 @@ class WorkerReport:
         return float(sum((self.data.get("rates") or {}).values()))
 
 
+#: How long a stopping worker waits for the reporting thread's report in progress.
+_JOIN_S = 1.0
+
+
 class Reporter(Middleware):
     """Worker middleware publishing a :class:`WorkerReport` every ``interval_s`` from a thread."""
 
@@ -114,6 +118,7 @@ class Reporter(Middleware):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ensured = False
+        self._unreachable = False   # the last report failed: Kafka did not take it
 
     # -- hooks (the worker's loop thread) ----------------------------------------------
     def task_finished(self, event: TaskEvent) -> None:
@@ -134,8 +139,17 @@ class Reporter(Middleware):
 
     def worker_stopped(self, worker: Any) -> None:
         self._stop.set()
+        stuck = False
         if self._thread is not None:
-            self._thread.join(timeout=10.0)
+            # A report blocked on an unreachable broker holds its thread for up to send_timeout_ms;
+            # the thread is a daemon, so the worker does not wait that out to exit.
+            self._thread.join(timeout=_JOIN_S)
+            stuck = self._thread.is_alive()
+        if self._unreachable or stuck:
+            # It would block send_timeout_ms more, then fail: a warm shutdown with Kafka down
+            # took over 90 s, a third of it in reports, past systemd's default stop timeout.
+            logger.info("not sending the last worker report: Kafka did not take the one before")
+            return
         self.publish(state="stopped")
         try:
             worker.app.flush(5.0)
@@ -161,8 +175,10 @@ class Reporter(Middleware):
             report = self.build(state)
             w.app.send_raw(self.topic, json.dumps(report, separators=(",", ":")).encode(),
                            key=report["member"].encode())
+            self._unreachable = False
         except (KtasksError, KafkaError, OSError) as exc:
             self._ensured = True    # try sending next time; do not hammer the admin API
+            self._unreachable = True
             logger.warning("could not publish the worker report to %s: %s", self.topic, exc)
         except Exception:
             logger.exception("building the worker report failed")

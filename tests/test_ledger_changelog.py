@@ -155,3 +155,39 @@ def test_finishes_of_a_revoked_partition_not_yet_written_are_dropped(tmp_path: A
     [f] = app.futures
     assert [t.key for t in decode_all(f.record[2], f.record[3])] == ["id-0"]
     assert mw.unacked() == 1
+
+
+def test_a_send_timing_out_on_the_broker_ends_the_pass_instead_of_each_send_waiting_in_turn(tmp_path: Any) -> None:
+    # With the broker down each send blocks send_timeout_ms (10 s) before it raises: a final
+    # commit resending N batches stalled a warm shutdown N times 10 s.
+    from kafka.errors import KafkaTimeoutError
+
+    app = FakeApp()
+    mw = LedgerChangelog(app, Settings({}), str(tmp_path / "l.sqlite3"), {"t": "t.ledger"},  # type: ignore[arg-type]
+                         {"t.ledger": 3})
+    attempts: list[int] = []
+    send = app.producer.send
+    down = True
+
+    def timing_out(topic: str, value: bytes, key: bytes, partition: int) -> FakeFuture:
+        attempts.append(partition)
+        if down:
+            raise KafkaTimeoutError("Failed to update metadata after 10.0 secs.")
+        return send(topic, value, key, partition)
+
+    app.producer.send = timing_out  # type: ignore[method-assign]
+    run(mw, range(0, 6))
+    for o in range(0, 6):
+        mw.task_finished(TaskEvent("task", f"id-{o}", "succeeded", "t", 0, o, ledger_key=f"id-{o}"))
+        mw.task_finished(TaskEvent("task", f"id-{o}", "succeeded", "t", 1, o, ledger_key=f"id-{o}"))
+    mw.results_collected()
+    assert len(attempts) == 1, "the second partition's batch waited on the broker too"
+    out = mw.commit_offsets({TopicPartition("t", p): OffsetAndMetadata(6, "", -1) for p in (0, 1)}, final=True)
+    assert len(attempts) == 2 and {om.offset for om in out.values()} == {0}   # nothing committed past them
+    down = False
+    out = mw.commit_offsets({TopicPartition("t", p): OffsetAndMetadata(6, "", -1) for p in (0, 1)}, final=True)
+    assert len(app.futures) == 2     # both batches sent once the broker takes them
+    for f in app.futures:
+        f.ack()
+    out = mw.commit_offsets({TopicPartition("t", p): OffsetAndMetadata(6, "", -1) for p in (0, 1)}, final=False)
+    assert {om.offset for om in out.values()} == {6}

@@ -90,3 +90,66 @@ def test_a_worker_that_stops_says_so(project, unique):
     assert w.stop() == 0
     last = [r for r in read_reports(p.app.settings, group=p.group, timeout_s=5) if r.data.get("pid") == w.pid]
     assert last and last[0].status() == "stopped"
+
+
+class _App:
+    """The part of an app a Reporter uses: sends fail while ``down``."""
+
+    def __init__(self) -> None:
+        from ktasks.settings import Settings
+
+        self.settings = Settings({"auto_create_topics": False})
+        self.down = False
+        self.sent: list[bytes] = []
+        self.flushes = 0
+
+    def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        from ktasks.errors import BrokerUnavailable
+
+        if self.down:
+            raise BrokerUnavailable("Kafka at 127.0.0.1:1 unreachable after 10000 ms (send_timeout_ms)")
+        self.sent.append(value)
+
+    def flush(self, timeout_s: float) -> None:
+        self.flushes += 1
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.app = _App()
+
+
+def _reporter(worker: _Worker):
+    from ktasks.reports import Reporter
+
+    r = Reporter(interval_s=3600, topic="ktasks.reports", retention_ms=60_000)
+    r.worker = worker
+    r.build = lambda state="running": {"member": "h:1:0", "state": state}  # type: ignore[method-assign]
+    return r
+
+
+def test_a_stopping_worker_skips_its_last_report_when_kafka_did_not_take_the_one_before(caplog):
+    # With the broker down each report blocks send_timeout_ms before failing: a warm shutdown
+    # spent a third of its 90 s sending reports nobody could receive.
+    caplog.set_level("INFO", logger="ktasks.reports")
+    worker = _Worker()
+    r = _reporter(worker)
+    worker.app.down = True
+    r.publish()
+    assert "could not publish the worker report" in caplog.text
+    r.worker_stopped(worker)
+    assert worker.app.sent == [] and worker.app.flushes == 0
+    assert "not sending the last worker report" in caplog.text
+
+
+def test_a_stopping_worker_sends_its_last_report_when_kafka_takes_them():
+    worker = _Worker()
+    r = _reporter(worker)
+    r.publish()
+    worker.app.down = True
+    r.publish()                 # one failure, then Kafka is back
+    worker.app.down = False
+    r.publish()
+    r.worker_stopped(worker)
+    assert [b'"state":"stopped"' in v for v in worker.app.sent] == [False, False, True]
+    assert worker.app.flushes == 1
