@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BeatRunner", "BeatMiddleware", "read_beat_state", "OWNER_KEY"]
+__all__ = ["BeatRunner", "BeatMiddleware", "read_beat_state", "starting_slot", "OWNER_KEY"]
 
 #: Key of the owner record in the beat topic (entry names never start with NUL).
 OWNER_KEY = b"\x00owner"
@@ -99,6 +99,35 @@ def read_beat_state(app: App, timeout_s: float = 30.0) -> tuple[dict[str, float]
     finally:
         consumer.close()
     return last, owner
+
+
+def starting_slot(entry: PeriodicEntry, name: str, now: float, last: float | None,
+                  resumes: tuple[float | None, ...], grace_s: float) -> float:
+    """The slot a new owner fires ``entry`` at first.
+
+    ``last`` is the entry's last fire as the topic has it; ``resumes`` are the
+    next slots some owner stood at when it lost the partition: ours from an
+    earlier ownership, and the previous owner's handover record. The newest of
+    them wins: ours may be long stale (we owned the partition once while the
+    group settled), and a stale one must not hide the handover record, or the
+    slot that came due during the handover would count as missed. A handover
+    resumes where the last owner stood, unless no owner ran for longer than
+    ``grace_s`` since: then the slots are missed ones, and ``catch_up`` decides.
+    """
+    known = [r for r in resumes if r is not None]
+    resume = max(known) if known else None
+    if resume is not None and (last is None or resume > last) and resume > now - grace_s:
+        return resume
+    if last is None:
+        return entry.next_after(now)
+    missed = entry.latest_at_or_before(now, last)
+    if missed is None:
+        return entry.next_after(last)
+    if entry.catch_up:
+        logger.info("beat: %s missed its slot %s: firing it once (catch_up)", name, _clock(missed))
+        return missed
+    logger.info("beat: %s missed slot(s) up to %s: not fired (catch_up is off)", name, _clock(missed))
+    return entry.next_after(now)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -198,25 +227,8 @@ class BeatRunner(ServiceThread):
         now = time.time()
         paused, self._paused_next = self._paused_next, {}
         for name, entry in self.entries.items():
-            last = self.last.get(name)
-            resume = paused.get(name) or self.resume.get(name)
-            # A handover resumes where the last owner stood, unless no owner ran for long since:
-            # then the slots are missed ones, and catch_up decides.
-            if resume is not None and (last is None or resume > last) and resume > now - self._handover_grace_s:
-                self.next[name] = resume
-                continue
-            if last is None:
-                self.next[name] = entry.next_after(now)
-                continue
-            missed = entry.latest_at_or_before(now, last)
-            if missed is None:
-                self.next[name] = entry.next_after(last)
-            elif entry.catch_up:
-                logger.info("beat: %s missed its slot %s: firing it once (catch_up)", name, _clock(missed))
-                self.next[name] = missed
-            else:
-                logger.info("beat: %s missed slot(s) up to %s: not fired (catch_up is off)", name, _clock(missed))
-                self.next[name] = entry.next_after(now)
+            self.next[name] = starting_slot(entry, name, now, self.last.get(name),
+                                            (paused.get(name), self.resume.get(name)), self._handover_grace_s)
         assert self.producer is not None
         self.producer.begin_transaction()
         self.producer.send(self.topic, key=OWNER_KEY, value=pack({"owner": self._me, "since": now}))
