@@ -5,11 +5,19 @@ dead letter) finishes only once the broker has the copy: until then its
 offset stays uncommitted, and a failed send is tried again with backoff.
 Every publish is fenced by the job's assignment epoch: once its partition
 moved, the copy is dropped, since the new owner runs the record again.
+
+The sends themselves are made on a thread of their own (:class:`Sender`):
+kafka-python's ``send()`` blocks up to ``max_block_ms`` while it has no
+metadata for the topic, and looking up or creating a delay tier or a
+dead-letter topic blocks too. With the broker down, each attempt held the
+worker's loop (commits, dispatch, shutdown) for ``send_timeout_ms``.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -27,7 +35,7 @@ from .partitions import Job, Partitions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outbox", "PendingPublish", "clock"]
+__all__ = ["Outbox", "PendingPublish", "Sender", "clock"]
 
 
 def clock(epoch_s: float) -> str:
@@ -48,6 +56,42 @@ class PendingPublish:
     # What to send instead when the broker rejects the copy as too large for good: a smaller
     # copy first, last a dead letter without the value. (description, send)
     smaller: list[tuple[str, Any]] = field(default_factory=list)
+    #: Handed to the :class:`Sender`, which has not said yet how the send went.
+    sending: bool = False
+
+
+class Sender:
+    """Calls the publishes' ``send()`` on a thread of its own, so a send that blocks blocks only it.
+
+    The outcome of each call (a future, or the exception it raised) waits in
+    :attr:`done` until the loop takes it (:meth:`Outbox.pump`): every decision
+    about a publish is still made on the loop's thread.
+    """
+
+    def __init__(self) -> None:
+        self._todo: queue.SimpleQueue[PendingPublish | None] = queue.SimpleQueue()
+        self.done: queue.SimpleQueue[tuple[PendingPublish, Any, BaseException | None]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, pending: PendingPublish) -> None:
+        pending.sending = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ktasks-outbox", daemon=True)
+            self._thread.start()
+        self._todo.put(pending)
+
+    def stop(self) -> None:
+        """Let the thread end once the sends before this one are made; a send still blocked is not waited for."""
+        if self._thread is not None:
+            self._todo.put(None)
+            self._thread = None
+
+    def _run(self) -> None:
+        while (pending := self._todo.get()) is not None:
+            try:
+                self.done.put((pending, pending.send(), None))
+            except Exception as exc:
+                self.done.put((pending, None, exc))
 
 
 class Outbox:
@@ -64,6 +108,7 @@ class Outbox:
         self.pending: list[PendingPublish] = []
         #: Offset just past the last copy acknowledged, per partition (burst mode's end check).
         self.published_end: dict[TopicPartition, int] = {}
+        self.sender = Sender()
         partitions.on_drop(self.forget)
 
     def __len__(self) -> int:
@@ -174,10 +219,22 @@ class Outbox:
         self._try_send(pending)
 
     def _try_send(self, pending: PendingPublish) -> None:
-        try:
-            pending.future = pending.send()
-        except Exception as exc:
-            self._failed(pending, exc)
+        self.sender.submit(pending)
+
+    def _take_sent(self) -> None:
+        """Take what the sender thread made of the sends it was given."""
+        while True:
+            try:
+                pending, future, exc = self.sender.done.get_nowait()
+            except queue.Empty:
+                return
+            pending.sending = False
+            if not any(p is pending for p in self.pending):
+                continue    # dropped meanwhile: its partition moved
+            if exc is not None:
+                self._failed(pending, exc)
+            else:
+                pending.future = future
 
     def _failed(self, pending: PendingPublish, exc: BaseException) -> None:
         pending.future = None
@@ -215,6 +272,7 @@ class Outbox:
 
     def pump(self) -> None:
         """Finish the jobs whose copies the broker acknowledged; send again those due for another try."""
+        self._take_sent()
         if not self.pending:
             return
         now = time.monotonic()
@@ -222,7 +280,9 @@ class Outbox:
         for p in self.pending:
             if not self.partitions.owns(p.job):
                 continue    # partition moved: not ours to finish
-            if p.future is None:
+            if p.sending:
+                still.append(p)
+            elif p.future is None:
                 if now >= p.next_try:
                     self._try_send(p)
                 still.append(p)

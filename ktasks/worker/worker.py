@@ -349,6 +349,7 @@ class Worker:
                 logger.warning("%d retry/dead-letter copies were not acknowledged in time: their records stay "
                                "uncommitted and will be delivered again", unsent)
                 code = EXIT_COLD
+        self.outbox.sender.stop()
         self.committer.final_commit(self._lock, SHUTDOWN_COMMIT_TIMEOUT_MS)
         if self.transactions is not None:
             self.transactions.close()
