@@ -169,7 +169,7 @@ def test_failed_dead_letter_publish_leaves_the_offset_uncommitted(project: Any, 
         @app.task
         def fine(n):
             effect("fine", n=n)
-    """, partitions=1)
+    """, partitions=1, shutdown_timeout_ms=3000)    # the stop waits that long for the copy, in vain
     w = p.worker("-c", "1", env={"KTASKS_FAULTS": "dead_letter_publish=raise"})
     w.wait_assigned()
     p.app_module.broken.delay(0)                      # offset 0: its dead letter can't be published
