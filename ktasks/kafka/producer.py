@@ -83,7 +83,7 @@ class _Pending:
 
     @staticmethod
     def _failed(task_id: str, topic: str, exc: BaseException) -> None:
-        logger.warning("task %s was not sent to %s: %s: %s", task_id, topic, type(exc).__name__, exc)
+        logger.warning("%s was not sent to %s: %s: %s", _named(task_id), topic, type(exc).__name__, exc)
 
     def snapshot(self) -> list[tuple[Any, str, str]]:
         """The records not yet acknowledged (or failed)."""
@@ -160,7 +160,7 @@ class ProducerHolder:
         """
         headers = headers or []
         future = self.get().send(topic, value=value, key=key, headers=headers, partition=partition)
-        self._pending.track(future, task_id or value_of(headers, H_ID) or "(no task id)", topic)
+        self._pending.track(future, task_id or value_of(headers, H_ID) or "", topic)
         return future
 
     def _replace_if_unusable(self) -> None:
@@ -269,13 +269,18 @@ def _register_multiprocessing_exit() -> None:
     _mp_finalizer_pid = pid
 
 
+def _named(task_id: str) -> str:
+    # Not every record is a task: worker reports, ledger changelog and result records go this way too.
+    return f"task {task_id}" if task_id else "a record without a task id"
+
+
 def _report_unsent(unsent: list[tuple[str, str, Any]], servers: str, timeout_s: float) -> None:
     """Tell stderr which tasks never reached Kafka, bypassing logging (it may be off or shut down)."""
     lines = [f"ktasks: {len(unsent)} task(s) were NOT sent to Kafka at {servers} before the process "
              f"exited (waited {timeout_s:g} s, send_timeout_ms):"]
     for task_id, topic, future in unsent:
         reason = "still pending" if not future.is_done else f"failed: {future.exception}"
-        lines.append(f"ktasks:   task {task_id} for topic {topic}: {reason}")
+        lines.append(f"ktasks:   {_named(task_id)} for topic {topic}: {reason}")
     text = "\n".join(lines) + "\n"
     stream = sys.stderr if sys.stderr is not None else sys.__stderr__
     try:

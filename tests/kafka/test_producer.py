@@ -446,3 +446,7 @@ def test_pending_records_are_those_not_yet_acknowledged_and_a_failure_is_logged(
     assert "task id7 was not sent to orders: TimeoutError: no broker" in caplog.text
     assert "task id5 was not sent to orders: ValueError: refused" in caplog.text
     assert "id7" not in {task_id for _, task_id, _ in pending.snapshot()}
+    other = Future()
+    pending.track(other, "", "ktasks.reports")     # a worker report: no task id
+    other.failure(TimeoutError("no broker"))
+    assert "a record without a task id was not sent to ktasks.reports: TimeoutError" in caplog.text
