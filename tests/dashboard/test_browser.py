@@ -149,13 +149,20 @@ def test_a_person_sees_the_worker_the_lag_draining_and_replays_a_dead_letter(pro
         # The failed charge is in the dead-letter topic; replay it from the page once the card works.
         browser.find_element(By.LINK_TEXT, "Dead letters").click()
         wait_until(lambda: "card declined for order 7" in browser.page_source, 30, interval_s=0.3)
+        # A click returns once the browser acted on it, not always once the next page is in
+        # (the replay's page comes after Kafka acknowledged the copy): wait for each page.
         browser.find_element(By.CSS_SELECTOR, "tr.letter a").click()
+        wait_until(lambda: "Replays to" in browser.page_source, 30, interval_s=0.2,
+                   message="the dead letter's page never loaded")
         assert "retries-exhausted" in browser.page_source and "card declined" in browser.page_source
         Path(str(p.effects_path) + ".card-ok").touch()
         browser.find_element(By.ID, "replay").click()
-        assert "Confirm replay" in browser.page_source
+        wait_until(lambda: "Confirm replay" in browser.page_source, 30, interval_s=0.2,
+                   message="the replay's confirmation page never loaded")
         browser.find_element(By.ID, "confirm").click()
-        assert "replayed to " + p.topic in _text(browser, "#flash")
+        flash = wait_until(lambda: _text(browser, "#flash"), 30, interval_s=0.2,
+                           message="no message after confirming the replay")
+        assert "replayed to " + p.topic in flash, flash
         charged = wait_effects(p, "charged", 1, timeout_s=60)
         assert charged[0]["order"] == 7
         assert w.stop() == 0
