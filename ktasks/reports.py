@@ -97,6 +97,8 @@ class WorkerReport:
 
 #: How long a stopping worker waits for the reporting thread's report in progress.
 _JOIN_S = 1.0
+#: How long a stopping worker waits for its last report to be acknowledged.
+_LAST_REPORT_S = 3.0
 
 
 class Reporter(Middleware):
@@ -137,6 +139,9 @@ class Reporter(Middleware):
         self._thread = threading.Thread(target=self._run_loop, name="ktasks-reporter", daemon=True)
         self._thread.start()
 
+    def worker_stopping(self, worker: Any) -> None:
+        self._stop.set()
+
     def worker_stopped(self, worker: Any) -> None:
         self._stop.set()
         stuck = False
@@ -145,14 +150,24 @@ class Reporter(Middleware):
             # the thread is a daemon, so the worker does not wait that out to exit.
             self._thread.join(timeout=_JOIN_S)
             stuck = self._thread.is_alive()
-        if self._unreachable or stuck:
+        if self._unreachable or stuck or getattr(worker, "unsent_at_exit", False):
             # It would block send_timeout_ms more, then fail: a warm shutdown with Kafka down
             # took over 90 s, a third of it in reports, past systemd's default stop timeout.
-            logger.info("not sending the last worker report: Kafka did not take the one before")
+            logger.info("not sending the last worker report: Kafka did not take the records before it")
             return
+        # On a thread of its own: with Kafka gone since the last report, the send alone would
+        # wait send_timeout_ms for metadata. The worker waits a few seconds, then exits.
+        last = threading.Thread(target=self._last_report, args=(worker,), name="ktasks-last-report", daemon=True)
+        last.start()
+        last.join(timeout=_LAST_REPORT_S)
+        if last.is_alive():
+            logger.info("the last worker report was not acknowledged within %.0f s: not waiting for it",
+                        _LAST_REPORT_S)
+
+    def _last_report(self, worker: Any) -> None:
         self.publish(state="stopped")
         try:
-            worker.app.flush(5.0)
+            worker.app.flush(_LAST_REPORT_S)
         except Exception:   # best effort: the worker is exiting anyway
             logger.debug("flushing the last report failed", exc_info=True)
 

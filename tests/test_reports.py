@@ -153,3 +153,17 @@ def test_a_stopping_worker_sends_its_last_report_when_kafka_takes_them():
     r.worker_stopped(worker)
     assert [b'"state":"stopped"' in v for v in worker.app.sent] == [False, False, True]
     assert worker.app.flushes == 1
+
+
+def test_a_stopping_worker_skips_its_last_report_when_its_last_flush_timed_out(caplog):
+    # The reports went through, but the worker's last flush at shutdown timed out (Kafka went
+    # away meanwhile): the last report would wait for Kafka once more, for nothing.
+    caplog.set_level("INFO", logger="ktasks.reports")
+    worker = _Worker()
+    r = _reporter(worker)
+    r.publish()
+    worker.unsent_at_exit = True     # type: ignore[attr-defined]
+    r.worker_stopped(worker)
+    assert [b'"state":"stopped"' in v for v in worker.app.sent] == [False]
+    assert worker.app.flushes == 0
+    assert "not sending the last worker report" in caplog.text

@@ -159,6 +159,11 @@ def eager_member(app: App, chord_id: str, index: int, record: ResultRecord) -> N
         finish(app, state)
 
 
+#: Bounds on the joiner's own commit and close (kafka-python waits without end by default).
+_COMMIT_TIMEOUT_MS = 5000
+_CLOSE_TIMEOUT_MS = 2000
+
+
 class ChordJoiner:
     """The worker's chord join: a thread with its own consumer in group ``<group>.chords``."""
 
@@ -170,13 +175,17 @@ class ChordJoiner:
         self._states: dict[int, dict[str, ChordState]] = {}
         self._done: dict[int, set[str]] = {}
         self._assigned: set[TopicPartition] = set()
+        #: What this joiner last committed: a commit is sent only when a position moved.
+        self._committed: dict[TopicPartition, int] = {}
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Tell the thread to stop; with ``wait``, wait for it (up to 30 s)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        if wait:
+            self._thread.join(timeout=30)
 
     def _consumer(self) -> KafkaConsumer:
         s = self.app.settings
@@ -210,13 +219,14 @@ class ChordJoiner:
             except Exception:   # noqa: BLE001 - a dead joiner would leave every chord of its partitions hanging
                 logger.exception("chord joiner: error; reconnecting")
                 if consumer is not None:
-                    consumer.close(autocommit=False)
+                    consumer.close(autocommit=False, timeout_ms=_CLOSE_TIMEOUT_MS)
                 consumer = None
                 self._states.clear()
                 self._done.clear()
+                self._committed.clear()
                 self._stop.wait(1.0)
         if consumer is not None:
-            consumer.close(autocommit=False)
+            consumer.close(autocommit=False, timeout_ms=_CLOSE_TIMEOUT_MS)
 
     def _step(self, consumer: KafkaConsumer) -> None:
         batches = consumer.poll(timeout_ms=200)
@@ -227,6 +237,7 @@ class ChordJoiner:
                 self._states.pop(tp.partition, None)
                 self._done.pop(tp.partition, None)
             self._assigned = assigned
+            self._committed = {tp: at for tp, at in self._committed.items() if tp in assigned}
             logger.info("chord joiner owns %s", sorted(tp.partition for tp in assigned))
         for tp, records in batches.items():
             for record in records:
@@ -237,8 +248,13 @@ class ChordJoiner:
             for tp in assigned:
                 open_chords = self._states.get(tp.partition, {})
                 at = min((s.offset for s in open_chords.values()), default=consumer.position(tp))
-                offsets[tp] = OffsetAndMetadata(at, "", -1)
-            consumer.commit(offsets)
+                if self._committed.get(tp) != at:
+                    offsets[tp] = OffsetAndMetadata(at, "", -1)
+            if offsets:
+                # Every 200 ms, unchanged, was a commit a second five times over per worker; and
+                # bounded, so a broker gone away holds a stopping worker for seconds, not longer.
+                consumer.commit(offsets, timeout_ms=_COMMIT_TIMEOUT_MS)
+                self._committed.update({tp: o.offset for tp, o in offsets.items()})
 
     def _handle(self, partition: int, record: Any) -> None:
         try:

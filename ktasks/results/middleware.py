@@ -130,6 +130,10 @@ class ResultsMiddleware(Middleware):
             self._joiner = ChordJoiner(self.app)
             self._joiner.start()
 
+    def worker_stopping(self, worker: Any) -> None:
+        if self._joiner is not None:
+            self._joiner.stop(wait=False)
+
     def worker_stopped(self, worker: Any) -> None:
         if self._joiner is not None:
             self._joiner.stop()

@@ -325,6 +325,10 @@ class BeatMiddleware(Middleware):
         self.runner = BeatRunner(worker.app, worker.settings)
         self.runner.start()
 
+    def worker_stopping(self, worker: Any) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+
     def worker_stopped(self, worker: Any) -> None:
         if self.runner is not None:
             self.runner.stop()

@@ -273,6 +273,10 @@ class SchedulerMiddleware(Middleware):
         self.scheduler = EtaScheduler(worker.app, worker.settings, revocations)
         self.scheduler.start()
 
+    def worker_stopping(self, worker: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
     def worker_stopped(self, worker: Any) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()

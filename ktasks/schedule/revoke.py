@@ -164,6 +164,10 @@ class RevokeMiddleware(NotRunRecorder):
             logger.warning("revocations not read within %.0f s; revocations made before this worker started "
                            "are honoured once read", CATCH_UP_TIMEOUT_S)
 
+    def worker_stopping(self, worker: Any) -> None:
+        if self.reader is not None:
+            self.reader.stop()
+
     def worker_stopped(self, worker: Any) -> None:
         if self.reader is not None:
             self.reader.stop()

@@ -94,6 +94,9 @@ class Worker:
         self._next_topic_check = 0.0
         self._exit_code: int | None = None      # set when the worker stops itself on an error
         self._summary: tuple[dict[str, Any], int, int] | None = None   # for the last line, from _shutdown
+        #: Set at shutdown when the producer's last flush timed out (Kafka unreachable): what
+        #: the middleware would still send as they stop would only wait for it again.
+        self.unsent_at_exit = False
 
         def stopping() -> bool:
             return self._stop
@@ -350,6 +353,7 @@ class Worker:
                                "uncommitted and will be delivered again", unsent)
                 code = EXIT_COLD
         self.outbox.sender.stop()
+        self.app.middleware.after("worker_stopping", self)
         self.committer.final_commit(self._lock, SHUTDOWN_COMMIT_TIMEOUT_MS)
         if self.transactions is not None:
             self.transactions.close()
@@ -369,6 +373,7 @@ class Worker:
         self.pool.stop(timeout_s=10.0)
         if not self.outbox.flush_quietly(10.0):
             logger.warning("records sent by this process were still unacknowledged after 10s")
+            self.unsent_at_exit = True
         self._summary = (committed, uncommitted, unsent)
         return code
 

@@ -49,6 +49,46 @@ def test_warm_shutdown_commits_everything_finished(project: Any, kafka_admin: An
     assert "worker stopped after" in log and f"{len(ran)} succeeded" in log
 
 
+def test_worker_stopping_comes_once_no_task_runs_and_before_worker_stopped(project: Any) -> None:
+    # worker_stopping is where the middleware tell their threads to stop without waiting, so
+    # that those blocked on an unreachable broker wind down side by side, not one by one.
+    p = project("""
+        import logging
+        import time
+
+        from ktasks import Middleware
+
+        hooks = logging.getLogger("ktasks.tests.hooks")
+
+        class Hooks(Middleware):
+            def worker_stopping(self, worker):
+                hooks.warning("hook worker_stopping: %d running", worker.dispatcher.in_flight)
+
+            def worker_stopped(self, worker):
+                hooks.warning("hook worker_stopped")
+
+        app.add_middleware(Hooks())
+
+        @app.task
+        def slow(n):
+            effect("started", n=n)
+            time.sleep(1.0)
+            effect("ran", n=n)
+    """, partitions=1)
+    w = p.worker("-c", "1")
+    w.wait_assigned()
+    p.app_module.slow.delay(1)
+    p.app.flush()
+    wait_effects(p, "started", 1)
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+    assert len(p.effects("ran")) == 1
+    log = w.log()
+    order = [log.find(s) for s in ("warm shutdown: waiting for 1 in-flight", "hook worker_stopping: 0 running",
+                                   "hook worker_stopped", "worker stopped after")]
+    assert -1 not in order and order == sorted(order), (order, log[-3000:])
+
+
 def test_cold_shutdown_loses_nothing(project: Any, kafka_admin: Any) -> None:
     p = project("""
         import time
