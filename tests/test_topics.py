@@ -57,7 +57,9 @@ def test_more_partitions_than_configured_is_fine(manager, kafka_admin, unique, c
     create_topic(kafka_admin, topic, partitions=4)
     with caplog.at_level(logging.WARNING, logger="ktasks.topics"):
         [report] = manager.ensure([topic], partitions=2)
-    assert not report.short and not report.created and caplog.text == ""
+    # Only ktasks' own lines: kafka-python's selector warns of a slow step on a loaded machine.
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("ktasks")]
+    assert not report.short and not report.created and ours == []
 
 
 def test_creation_errors_carry_the_brokers_reason(manager, unique):
