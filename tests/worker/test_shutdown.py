@@ -156,7 +156,7 @@ def test_warm_shutdown_whose_final_commits_are_rejected_says_so_and_exits_non_ze
         @app.task
         def work(n):
             effect("ran", n=n)
-    """, partitions=1, commit_retry_deadline_ms=600000)
+    """, partitions=1, commit_retry_deadline_ms=600000, shutdown_commit_timeout_ms=6000)
     # Every commit fails with a retriable error (a coordinator that keeps moving).
     w = p.worker("-c", "1", env={"KTASKS_FAULTS": "commit=raise-retriable"})
     w.wait_assigned()
@@ -168,6 +168,7 @@ def test_warm_shutdown_whose_final_commits_are_rejected_says_so_and_exits_non_ze
     code = w.wait()
     assert code == 4, f"exit code {code}: finished records were left uncommitted\n" + w.log()[-3000:]
     assert "3 finished record(s) not committed" in last_line(w.log())
+    assert "trying again for up to 6s (shutdown_commit_timeout_ms)" in w.log()
     assert p.committed(kafka_admin).get(0) is None
 
 
