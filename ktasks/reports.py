@@ -36,7 +36,7 @@ from .middleware import Middleware, TaskEvent
 logger = logging.getLogger(__name__)
 
 __all__ = ["Reporter", "WorkerReport", "ReportFeed", "read_reports", "quantile", "STALE_AFTER_INTERVALS",
-           "REPORT_FORMAT"]
+           "REPORT_FORMAT", "report_topic_configs"]
 
 REPORT_FORMAT = 1
 #: A running worker not heard from for this many report intervals (and at least STALE_MIN_S) is stale.
@@ -93,6 +93,11 @@ class WorkerReport:
 
     def rate(self) -> float:
         return float(sum((self.data.get("rates") or {}).values()))
+
+
+def report_topic_configs(retention_ms: int) -> dict[str, str]:
+    """The reports topic's configs: reports are only looked at while recent."""
+    return {"retention.ms": str(retention_ms), "cleanup.policy": "delete"}
 
 
 #: How long a stopping worker waits for the reporting thread's report in progress.
@@ -184,8 +189,7 @@ class Reporter(Middleware):
         try:
             if not self._ensured:
                 if w.app.settings.auto_create_topics:
-                    w.app.topics.ensure([self.topic], partitions=1, configs={
-                        "retention.ms": str(self.retention_ms), "cleanup.policy": "delete"})
+                    w.app.topics.ensure([self.topic], partitions=1, configs=report_topic_configs(self.retention_ms))
                 self._ensured = True
             report = self.build(state)
             w.app.send_raw(self.topic, json.dumps(report, separators=(",", ":")).encode(),

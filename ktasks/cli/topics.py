@@ -3,7 +3,11 @@
 ``create`` makes every topic the app uses: each task topic, its retry topics
 (one per delay tier), its dead-letter topic and, with ``ledger_changelog`` on,
 its ledger changelog (compacted), with the configured partitions and
-replication factor. A topic that already exists is reported and never
+replication factor; then the app's own topics: revocations, far ETAs, the
+beat (when the app declares periodic tasks), results and replies, chord
+joins, and the worker reports. A worker creates each on first use when
+``auto_create_topics`` is on; with it off, these must exist, or the worker
+waits for the revocations at every start and its schedulers retry forever. A topic that already exists is reported and never
 changed; one with fewer partitions than configured gets a WARNING line, since
 adding partitions would move keys to other partitions and break per-key order.
 ``check`` compares every topic with the settings (partitions, replication
@@ -20,6 +24,9 @@ import click
 from ..app import App
 from ..errors import KtasksError
 from ..ledger_changelog import changelog_configs, changelog_topic
+from ..reports import report_topic_configs
+from ..results.records import chords_topic, result_topic_specs
+from ..schedule.topics import beat_topic, compacted_configs, revocations_topic, scheduled_topic
 from ..topics import TopicReport
 from ._app import app_option, loaded_app
 
@@ -38,10 +45,12 @@ class PlannedTopic:
 
 
 def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic]:
-    """Every topic of the app: task topics, then their retry tiers, dead-letter topic and ledger changelog.
+    """Every topic of the app: task topics, then their retry tiers, dead-letter topic and ledger changelog,
+    then the app's own topics (:func:`app_topics`).
 
-    The partition count is ``partitions`` when given, else the ``partitions``
-    option of the tasks sent to that topic, else the app's ``partitions`` setting.
+    The partition count of a task topic and those that go with it is
+    ``partitions`` when given, else the ``partitions`` option of the tasks sent
+    to that topic, else the app's ``partitions`` setting.
     """
     per_topic: dict[str, int] = {}
     for task in app.tasks.values():
@@ -57,6 +66,23 @@ def planned_topics(app: App, partitions: int | None = None) -> list[PlannedTopic
         if app.settings.ledger_enabled and app.settings.ledger_changelog:
             plan.append(PlannedTopic(changelog_topic(app.settings, topic), "ledger changelog", wanted,
                                      changelog_configs(app.settings)))
+    return plan + app_topics(app)
+
+
+def app_topics(app: App) -> list[PlannedTopic]:
+    """The app's own topics, with the partitions and configs a worker would create them with."""
+    s = app.settings
+    plan = [PlannedTopic(revocations_topic(app), "revocations", 1, compacted_configs(s.revoke_retention_s * 1000)),
+            PlannedTopic(scheduled_topic(app), "ETAs beyond the largest delay tier", s.scheduled_partitions,
+                         compacted_configs())]
+    if app.periodic_tasks:
+        plan.append(PlannedTopic(beat_topic(app), "periodic tasks (beat)", 1, compacted_configs()))
+    for topic, (count, configs) in result_topic_specs(app).items():
+        plan.append(PlannedTopic(topic, "results" if topic.endswith(".results") else "replies", count, configs))
+    plan.append(PlannedTopic(chords_topic(app), "chord joins", s.partitions))
+    if s.report_interval_s > 0:
+        plan.append(PlannedTopic(s.reports_topic, "worker reports (every app)", 1,
+                                 report_topic_configs(s.reports_retention_ms)))
     return plan
 
 
@@ -72,7 +98,8 @@ def topics() -> None:
 @click.option("--replication-factor", type=click.IntRange(min=1), default=None,
               help="Replication factor of topics to create. [default: the app's `replication_factor`]")
 def create(app_spec: str, partitions: int | None, replication_factor: int | None) -> None:
-    """Create the app's task, retry, dead-letter and ledger changelog topics; report those that exist."""
+    """Create the app's task, retry, dead-letter and ledger changelog topics, and its own (revocations, far ETAs,
+    beat, results, replies, chords, reports); report those that exist."""
     with loaded_app(app_spec) as app:
         plan = planned_topics(app, partitions)
         rf = replication_factor or app.settings.replication_factor

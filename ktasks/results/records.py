@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ResultRecord", "replies_topic", "results_topic", "chords_topic", "partition_for", "failure_of"]
+__all__ = ["ResultRecord", "replies_topic", "results_topic", "chords_topic", "partition_for", "failure_of",
+           "result_topic_specs"]
 
 RECORD_VERSION = 1
 
@@ -160,14 +161,19 @@ def reader_config(app: App, client_id: str, reset: str) -> dict[str, Any]:
         allow_auto_create_topics=False, bootstrap_timeout_ms=settings.send_timeout_ms), user_wins=False)
 
 
+def result_topic_specs(app: App) -> dict[str, tuple[int, dict[str, str]]]:
+    """``{topic: (partitions, configs)}`` of ``<app>.replies`` and ``<app>.results`` (retention: ``result_expires_s``)."""
+    retention = str(app.settings.result_expires_s * 1000)
+    return {replies_topic(app): (app.settings.reply_partitions, {"retention.ms": retention}),
+            results_topic(app): (app.settings.results_partitions,
+                                 {"cleanup.policy": "compact,delete", "retention.ms": retention})}
+
+
 def ensure_result_topics(app: App) -> None:
-    """Create ``<app>.replies`` and ``<app>.results`` if missing (retention: ``result_expires_s``)."""
+    """Create ``<app>.replies`` and ``<app>.results`` if missing."""
     if not app.settings.auto_create_topics:
         return
-    retention = str(app.settings.result_expires_s * 1000)
-    wanted = {replies_topic(app): (app.settings.reply_partitions, {"retention.ms": retention}),
-              results_topic(app): (app.settings.results_partitions,
-                                   {"cleanup.policy": "compact,delete", "retention.ms": retention})}
+    wanted = result_topic_specs(app)
     todo = [t for t in wanted if t not in app._ensured]
     for topic in todo:
         partitions, configs = wanted[topic]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["revocations_topic", "scheduled_topic", "beat_topic", "ensure_compacted"]
+__all__ = ["revocations_topic", "scheduled_topic", "beat_topic", "ensure_compacted", "compacted_configs"]
 
 
 def revocations_topic(app: App) -> str:
@@ -40,18 +40,23 @@ def beat_topic(app: App) -> str:
     return f"{app.name}.beat"
 
 
-def ensure_compacted(app: App, topic: str, partitions: int, retention_ms: int | None = None) -> None:
-    """Create ``topic`` compacted (and deleting after ``retention_ms`` when given) if it is missing.
-
-    A no-op when ``auto_create_topics`` is off: the operator creates it
-    (``ktasks topics create`` prints the configs in docs/scheduling.md).
-    """
-    if not app.settings.auto_create_topics or topic in app._ensured:
-        return
+def compacted_configs(retention_ms: int | None = None) -> dict[str, str]:
+    """The configs of a state topic: compacted, and deleting after ``retention_ms`` when given."""
     configs = {"cleanup.policy": "compact"}
     if retention_ms is not None:
         configs = {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
     # Small segments let compaction and retention act within minutes, not after 1 GB.
     configs["segment.ms"] = str(3600_000)
-    app.topics.ensure([topic], partitions=partitions, configs=configs)
+    return configs
+
+
+def ensure_compacted(app: App, topic: str, partitions: int, retention_ms: int | None = None) -> None:
+    """Create ``topic`` compacted (and deleting after ``retention_ms`` when given) if it is missing.
+
+    A no-op when ``auto_create_topics`` is off: the operator creates it with
+    ``ktasks topics create``, which creates the app's state topics too.
+    """
+    if not app.settings.auto_create_topics or topic in app._ensured:
+        return
+    app.topics.ensure([topic], partitions=partitions, configs=compacted_configs(retention_ms))
     app._ensured.add(topic)

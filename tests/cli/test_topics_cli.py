@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from ktasks import App
 from ktasks.cli import cli
@@ -29,12 +30,12 @@ def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) -> str:
 
 @pytest.fixture
 def app_module(tmp_path, monkeypatch, kafka_bootstrap, unique):
-    """A module defining one App with one task, on the test broker and a unique topic."""
+    """A module defining one App with one task, on the test broker and a unique topic (and app name)."""
     topic = unique("cli")
     name = _module(tmp_path, monkeypatch, f"""
         from ktasks import App
-        app = App("cli-test", bootstrap_servers={kafka_bootstrap!r}, default_topic={topic!r}, partitions=3,
-                  retry_tiers_ms=[1000, 30000])
+        app = App({topic!r}, bootstrap_servers={kafka_bootstrap!r}, default_topic={topic!r}, partitions=3,
+                  retry_tiers_ms=[1000, 30000], reports_topic={topic + ".reports"!r})
 
         @app.task
         def job(x):
@@ -54,16 +55,23 @@ def _invoke(*args: str):
 def test_create_makes_task_retry_and_dead_letter_topics(app_module, kafka_admin):
     module, topic = app_module
     expected = [topic, f"{topic}.retry-1000ms", f"{topic}.retry-30000ms", f"{topic}.DLT", f"{topic}.ledger"]
+    # The app's own topics (the app is named like its topic here), which a worker with
+    # auto_create_topics off would otherwise wait for, or retry forever without.
+    own = {f"{topic}.revocations": 1, f"{topic}.scheduled": 4, f"{topic}.replies": 16, f"{topic}.results": 12,
+           f"{topic}.chords": 3, f"{topic}.reports": 1}       # their own settings' partitions; chords: the app's
     result = _invoke("topics", "create", "-A", module, "--partitions", "2", "--replication-factor", "1")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert [line.split()[:2] for line in lines] == [["created", t] for t in expected]
+    assert [line.split()[:2] for line in lines] == [["created", t] for t in [*expected, *own]]
     assert "(2 partitions, replication factor 1; tasks)" in lines[0]
     assert _partitions(kafka_admin, expected) == dict.fromkeys(expected, 2)
+    assert _partitions(kafka_admin, list(own)) == own
+    configs = kafka_admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{topic}.revocations")])
+    assert configs["topic"][f"{topic}.revocations"]["cleanup.policy"]["value"] == "compact,delete"
 
     again = _invoke("topics", "create", "-A", f"{module}:app", "--partitions", "2")
     assert again.exit_code == 0
-    assert [line.split()[:2] for line in again.output.splitlines()] == [["exists", t] for t in expected]
+    assert [line.split()[:2] for line in again.output.splitlines()] == [["exists", t] for t in [*expected, *own]]
     assert "(2 partitions; tasks)" in again.output
 
     # Without --partitions the app's 3 apply: every topic is reported short, none is changed.
@@ -188,8 +196,9 @@ def test_check_reports_topics_that_differ_from_the_settings(tmp_path, monkeypatc
     topic = unique("check")
     module = _module(tmp_path, monkeypatch, f"""
         from ktasks import App
-        app = App("check-test", bootstrap_servers={kafka_bootstrap!r}, default_topic={topic!r}, partitions=2,
-                  retry_tiers_ms=[1000], topic_configs={{"retention.ms": "86400000"}})
+        app = App({topic!r}, bootstrap_servers={kafka_bootstrap!r}, default_topic={topic!r}, partitions=2,
+                  retry_tiers_ms=[1000], topic_configs={{"retention.ms": "86400000"}},
+                  reports_topic={topic + ".reports"!r})
 
         @app.task
         def job(x):
@@ -200,16 +209,16 @@ def test_check_reports_topics_that_differ_from_the_settings(tmp_path, monkeypatc
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["DIFFERS", topic] and "retention.ms=1000, configured 86400000" in lines[0]
-    assert [line.split()[:3] for line in lines[1:]] == [["DIFFERS", f"{topic}.retry-1000ms", "missing"],
-                                                        ["DIFFERS", f"{topic}.DLT", "missing"],
-                                                        ["DIFFERS", f"{topic}.ledger", "missing"]]
-    assert "4 of 4 topic(s) differ" in result.stderr
+    others = [f"{topic}.{suffix}" for suffix in ("retry-1000ms", "DLT", "ledger", "revocations", "scheduled",
+                                                  "replies", "results", "chords", "reports")]
+    assert [line.split()[:3] for line in lines[1:]] == [["DIFFERS", t, "missing"] for t in others]
+    assert "10 of 10 topic(s) differ" in result.stderr
 
     kafka_admin.delete_topics([topic])
     assert _invoke("topics", "create", "-A", module).exit_code == 0
     result = CliRunner().invoke(cli, ["topics", "check", "-A", module])
     assert result.exit_code == 0, result.output
-    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["ok"] * 10
 
     # A changelog that is not compacted would lose entries to retention: check says so.
     kafka_admin.delete_topics([f"{topic}.ledger"])
