@@ -23,7 +23,7 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["wait_for_cluster", "until_reachable", "transient_cause", "probe_cluster", "LOG_INTERVAL_S",
+__all__ = ["wait_for_cluster", "until_reachable", "transient_cause", "log_failure", "probe_cluster", "LOG_INTERVAL_S",
            "PROBE_TIMEOUT_S"]
 
 #: Longest time between two "waiting for Kafka" lines.
@@ -101,6 +101,20 @@ def transient_cause(exc: BaseException | None) -> BaseException | None:
             return exc
         exc = exc.__cause__
     return None
+
+
+def log_failure(log: logging.Logger, what: str, exc: BaseException, then: str) -> None:
+    """Log that ``what`` failed with ``exc`` and will ``then`` (start over, reconnect).
+
+    A broker down or a leader moving is expected and clears: one WARNING line
+    naming the cause. A traceback every few seconds through an outage would
+    say nothing more. Anything else is logged at ERROR with its traceback.
+    """
+    cause = transient_cause(exc)
+    if cause is not None:
+        log.warning("%s: Kafka unavailable (%s: %s); %s", what, type(cause).__name__, cause, then)
+    else:
+        log.error("%s failed; %s", what, then, exc_info=exc)
 
 
 class _Final(Exception):

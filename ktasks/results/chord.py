@@ -39,6 +39,7 @@ from ..errors import DecodeError
 from ..kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition, client_config
 from ..kafka.errors import KafkaError
 from ..message import pack, unpack
+from ..readiness import log_failure
 from .records import META_STORE, ResultRecord, chords_topic, partition_for
 
 if TYPE_CHECKING:
@@ -216,8 +217,8 @@ class ChordJoiner:
                         pass
                     consumer.subscribe([self.topic])
                 self._step(consumer)
-            except Exception:   # noqa: BLE001 - a dead joiner would leave every chord of its partitions hanging
-                logger.exception("chord joiner: error; reconnecting")
+            except Exception as exc:   # noqa: BLE001 - a dead joiner would leave every chord of its partitions hanging
+                log_failure(logger, "chord joiner", exc, "reconnecting")
                 if consumer is not None:
                     consumer.close(autocommit=False, timeout_ms=_CLOSE_TIMEOUT_MS)
                 consumer = None

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DecodeError, KtasksError
 from ..kafka import KafkaConsumer, TopicPartition
 from ..kafka.errors import KafkaError
+from ..readiness import log_failure
 from .records import ResultRecord, ensure_result_topics, reader_config, replies_topic
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ class ReplyReader:
         while not self._stop.is_set():
             try:
                 batches = self._consumer.poll(timeout_ms=_POLL_MS)
-            except Exception:   # noqa: BLE001 - a reader that dies would hang every get() of this process
-                logger.exception("reply reader of %s: poll failed; going on", self.app.name)
+            except Exception as exc:   # noqa: BLE001 - a reader that dies would hang every get() of this process
+                log_failure(logger, f"reply reader of {self.app.name}: poll", exc, "going on")
                 time.sleep(1.0)
                 continue
             arrived = []

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from ..message import pack, unpack
 from ..middleware import Middleware
+from ..readiness import log_failure
 from .periodic import PeriodicEntry, slot_task_id
 from .service import ServiceThread
 from .topics import beat_topic, ensure_compacted
@@ -292,10 +293,9 @@ class BeatRunner(ServiceThread):
                 producer.send(self.topic, key=name.encode(),
                               value=pack({"last": slot, "at": now, "by": self._me}))
             producer.commit_transaction()
-        except Exception:
+        except Exception as exc:
             # Not fired (read_committed hides it all): give up ownership; the next owner decides.
-            logger.exception("beat: firing %s failed; releasing %s", ", ".join(n for n, _, _ in records),
-                             self.topic)
+            log_failure(logger, f"beat: firing {', '.join(n for n, _, _ in records)}", exc, f"releasing {self.topic}")
             raise
         for name, slot, record in records:
             entry = self.entries[name]

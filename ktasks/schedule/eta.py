@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..headers import H_ORIGIN_TOPIC, value_of
 from ..kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from ..middleware import Middleware
+from ..readiness import log_failure
 from .service import ServiceThread
 from .topics import ensure_compacted, scheduled_topic
 
@@ -247,11 +248,11 @@ class EtaScheduler(ServiceThread):
                     producer.send(entry.topic, value=entry.value, key=entry.key, headers=entry.headers)
                 producer.send(self.topic, value=None, key=task_id.encode(), partition=owned.tp.partition)
             producer.commit_transaction()
-        except Exception:
+        except Exception as exc:
             # Nothing of it counts (read_committed): give the partition up; its next owner
             # restores it from the topic and enqueues these again.
-            logger.exception("enqueueing %d due ETA(s) of %s/%d failed; releasing the partition", len(batch),
-                             owned.tp.topic, owned.tp.partition)
+            log_failure(logger, f"enqueueing {len(batch)} due ETA(s) of {owned.tp.topic}/{owned.tp.partition}", exc,
+                        "releasing the partition")
             raise
         for task_id, _ in batch:
             owned.entries.pop(task_id, None)

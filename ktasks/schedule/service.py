@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..readiness import log_failure
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ServiceThread"]
@@ -43,7 +45,7 @@ class ServiceThread(threading.Thread):
             try:
                 self.serve()
                 return
-            except Exception:
-                logger.exception("%s failed; starting over in %.0f s", self.name, RESTART_PAUSE_S)
+            except Exception as exc:
+                log_failure(logger, self.name, exc, f"starting over in {RESTART_PAUSE_S:.0f} s")
                 self.reset()
                 self._halt.wait(RESTART_PAUSE_S)
