@@ -168,15 +168,17 @@ def test_one_idempotency_key_given_to_two_tasks_runs_both(project: Any, kafka_ad
 
 
 def test_a_live_start_is_never_a_crash_however_long_it_runs(project: Any, kafka_admin: Any) -> None:
-    # The duplicates wait past the ledger's 60 s wait: still no second copy, and the live
-    # start does not count toward max_starts (two more starts would make it poison).
+    # The duplicates wait past one whole wait on the ledger (half the hard time limit, at most
+    # 60 s: 10 s here) and wait again, and the time limit does not count that wait against
+    # them: still no second copy, and the live start does not count toward max_starts (two
+    # more starts would make it poison).
     p = project("""
         import time
 
-        @app.task(max_starts=2)
+        @app.task(max_starts=2, time_limit_s=20)
         def report(n):
             effect("started", n=n)
-            time.sleep(64)
+            time.sleep(14)
             effect("done", n=n)
     """, partitions=1)
     w = p.worker("-c", "3")
