@@ -38,6 +38,11 @@ def test_new_worker_joins_a_group_of_older_cooperative_sticky_workers(kafka_boot
     try:
         old.subscribe([topic])
         new.subscribe([topic])
+        # As every worker does before its first poll (Worker._await_metadata): kafka-python can
+        # lose the metadata update subscribe() asks for, and a leader without the topic's
+        # metadata assigns none of it until the next refresh, 5 minutes later (failed in CI).
+        old.partitions_for_topic(topic)
+        new.partitions_for_topic(topic)
 
         def both_own_one() -> bool:
             old.poll(timeout_ms=50)

@@ -37,10 +37,12 @@ def test_member_joining_a_busy_member_settles_in_one_rebalance(assignor: str, ka
                                 name="member-b")
     try:
         a.subscribe([topic])
+        a.partitions_for_topic(topic)    # as a worker does first: see Worker._await_metadata
         wait_until(lambda: a.poll(timeout_ms=100) is not None and len(a.assignment()) == 2, 30,
                    message="a owns both partitions")
         first_generation = a.group_metadata().generation_id
         b.subscribe([topic])
+        b.partitions_for_topic(topic)
         b_thread.start()
         rejected = 0
         last_commit = 0.0
