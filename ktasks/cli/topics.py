@@ -7,8 +7,8 @@ replication factor; then the app's own topics: revocations, far ETAs, the
 beat (when the app declares periodic tasks), results and replies, chord
 joins, and the worker reports. A worker creates each on first use when
 ``auto_create_topics`` is on; with it off, these must exist, or the worker
-waits for the revocations at every start and its schedulers retry forever. A topic that already exists is reported and never
-changed; one with fewer partitions than configured gets a WARNING line, since
+waits 30 s for the revocations at every start. A topic that already exists is
+reported and never changed; one with fewer partitions than configured gets a WARNING line, since
 adding partitions would move keys to other partitions and break per-key order.
 ``check`` compares every topic with the settings (partitions, replication
 factor, ``topic_configs`` and ``min_insync_replicas``, and a changelog's
